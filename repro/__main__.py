@@ -1,0 +1,3 @@
+from repro.cli import app
+
+app(prog_name="repro")

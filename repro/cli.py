@@ -1,0 +1,30 @@
+"""The `repro` command line: train, eval, sweep, report, demo, and data management.
+
+Each command lives in its own module under repro/commands/ and calls one library function.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from repro.commands import data, demo, evaluate, report, sweep, train
+
+app = typer.Typer(
+    name="repro",
+    help=(
+        "Reproduce and extend 'Differentiable branching in deep networks for fast inference' "
+        "(Scardapane et al., ICASSP 2020): train multi-exit networks (baseline, B-Net, the paper's "
+        "differentiable gates, the reproduction report's variants), evaluate them, sweep exit thresholds, "
+        "and render reports beside the published numbers."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+app.command("train")(train.train)
+app.command("eval")(evaluate.evaluate)
+app.command("sweep")(sweep.sweep)
+app.command("report")(report.report)
+app.command("demo")(demo.demo)
+app.add_typer(data.app, name="data", help="List, inspect, fetch and verify datasets.")

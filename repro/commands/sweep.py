@@ -1,0 +1,10 @@
+"""`repro sweep` (being built)."""
+
+from repro.console import cli_errors
+from repro.errors import ReproError
+
+
+@cli_errors
+def sweep():
+    """Not built yet."""
+    raise ReproError("not built yet")

@@ -1,0 +1,44 @@
+"""Terminal output for the CLI: one Rich console for results, one for errors, and the error boundary.
+
+Commands are thin (STYLE.md, principle 8): they parse options, call one library function and print.
+`cli_errors` turns a `ReproError` from anywhere below into one red line on stderr and the error's exit
+code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import typer
+from rich.console import Console
+
+from repro.errors import ReproError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, exit_code: int = 1):
+    err_console.print(f"[bold red]Error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(exit_code)
+
+
+def cli_errors(command):
+    """Decorator for Typer commands: ReproError -> one line on stderr and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ReproError as error:
+            fail(_escape(str(error)), error.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted; everything written so far is kept (resume a training run with `repro train --resume RUN`)", 130)
+
+    return wrapper
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

@@ -1,0 +1,103 @@
+"""Early-exit criteria: when is exit b confident enough for a sample to leave there?
+
+Three criteria, each a score in [0, 1] per early exit and sample, and a rule comparing it to a threshold t:
+- `entropy` (BranchyNet, Teerapittayanon et al. 2016; the reproduction report's "Proposed"):
+  normalised entropy H(softmax(f_b)) / log C; the sample exits when it is at or below t.
+- `maxprob` (the report's "Prop+DifferentCriterion"): the top softmax probability; exits at or above t.
+- `gate` (the paper, Scardapane et al. 2020): the learned gate g_b(x); exits at or above t.
+
+A sample leaves at the first early exit that fires, else at the final classifier. `select_exits` is the
+"run everything, then select" reference that the skipping inference paths (repro.models.inference) and
+the sweeps (repro.sweep) must agree with exactly, so all of them take their scores and rules from here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from repro.errors import ReproError, check_name
+
+CRITERIA = ("entropy", "maxprob", "gate")
+# Every score lies in [0, 1], so every threshold must too.
+THRESHOLD_RANGE = (0.0, 1.0)
+
+
+def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last dimension divided by log C: 0 = one-hot, 1 = uniform."""
+    num_classes = logits.shape[-1]
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    return (entropy / math.log(num_classes)).clamp(0.0, 1.0) if num_classes > 1 else torch.zeros_like(entropy)
+
+
+def max_probability(logits: torch.Tensor) -> torch.Tensor:
+    """Top softmax probability over the last dimension."""
+    return torch.softmax(logits.float(), dim=-1).amax(dim=-1)
+
+
+def check_criterion(criterion: str, has_gates: bool = True) -> str:
+    check_name("criterion", criterion, CRITERIA)
+    if criterion == "gate" and not has_gates:
+        raise ReproError("criterion 'gate' needs a model with learned gates (method 'proposed'); use entropy or maxprob")
+    return criterion
+
+
+def scores(criterion: str, logits: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
+    """The criterion's score for each early exit: logits [E, N, C] (all exits) -> [E-1, N].
+
+    Also accepts one exit's logits [N, C] (and its gate [N]) and returns [N].
+    """
+    check_criterion(criterion, has_gates=gates is not None)
+    early_logits = logits[:-1] if logits.dim() == 3 else logits
+    if criterion == "entropy":
+        return normalised_entropy(early_logits)
+    if criterion == "maxprob":
+        return max_probability(early_logits)
+    return gates.float()
+
+
+def fires(criterion: str, score: torch.Tensor, threshold) -> torch.Tensor:
+    """Boolean mask: does a sample with this score leave at an exit with this threshold?"""
+    if criterion == "entropy":
+        return score <= threshold
+    return score >= threshold
+
+
+def check_thresholds(thresholds, num_early_exits: int) -> torch.Tensor:
+    """One threshold for every early exit (a number) or one per early exit (a sequence) -> float tensor [E-1]."""
+    values = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+    if values.numel() == 1:
+        values = values.expand(num_early_exits).clone()
+    if values.numel() != num_early_exits:
+        raise ReproError(f"got {values.numel()} thresholds for {num_early_exits} early exits; give one, or one per early exit")
+    low, high = THRESHOLD_RANGE
+    if not torch.all((values >= low) & (values <= high)):
+        bad = values[~((values >= low) & (values <= high))][0].item()
+        raise ReproError(f"threshold {bad} is outside [{low}, {high}], the range of every exit criterion")
+    return values
+
+
+def first_firing_exit(fired: torch.Tensor) -> torch.Tensor:
+    """fired [E-1, N] bool -> index of the first early exit that fires per sample, or E-1 (the final exit)."""
+    num_early, n = fired.shape
+    # Append an always-firing row for the final classifier, then take the first True per column.
+    always = torch.ones(1, n, dtype=torch.bool, device=fired.device)
+    stacked = torch.cat([fired, always], dim=0).to(torch.int8)
+    return stacked.argmax(dim=0)
+
+
+def select_exits(criterion: str, thresholds, logits: torch.Tensor, gates: torch.Tensor | None = None):
+    """The "run everything, then select" reference.
+
+    logits [E, N, C] of every exit (shallow to final), gates [E-1, N] or None -> (exit index [N] int64,
+    predicted class [N] int64): each sample leaves at the first early exit whose criterion fires.
+    """
+    num_exits = logits.shape[0]
+    values = check_thresholds(thresholds, num_exits - 1)
+    score = scores(criterion, logits, gates)
+    fired = fires(criterion, score.double(), values.to(score.device)[:, None])
+    exits = first_firing_exit(fired).long()
+    predictions = logits.argmax(dim=-1).gather(0, exits[None]).squeeze(0)
+    return exits, predictions

@@ -1,0 +1,28 @@
+"""The one exception type for everything a user can get wrong.
+
+Library code raises `ReproError` with a message that reads as one complete line; the CLI prints that
+line and exits with `exit_code`, never a traceback. It subclasses `ValueError` so library callers who
+catch `ValueError` (bad model name, bad threshold, ...) see the same message.
+"""
+
+
+class ReproError(ValueError):
+    """A user-facing error: one clear line, and the exit code the CLI should return."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class UnknownNameError(ReproError):
+    """An unknown model, method, dataset, recipe or criterion: a usage error (exit code 2)."""
+
+    def __init__(self, kind: str, name: str, valid):
+        super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}", exit_code=2)
+
+
+def check_name(kind: str, name: str, valid) -> str:
+    """Return `name` if it is one of `valid`, else raise `UnknownNameError` listing the valid ones."""
+    if name not in valid:
+        raise UnknownNameError(kind, name, valid)
+    return name
