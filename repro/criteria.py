@@ -59,7 +59,13 @@ def scores(criterion: str, logits: torch.Tensor, gates: torch.Tensor | None = No
 
 
 def fires(criterion: str, score: torch.Tensor, threshold) -> torch.Tensor:
-    """Boolean mask: does a sample with this score leave at an exit with this threshold?"""
+    """Boolean mask: does a sample with this score leave at an exit with this threshold?
+
+    The threshold is compared in the score's own dtype, as a Python number would be, so that a gate
+    stored as float32 0.7 fires at threshold 0.7 in every code path (float64 would say 0.7f < 0.7).
+    """
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.to(device=score.device, dtype=score.dtype)
     if criterion == "entropy":
         return score <= threshold
     return score >= threshold
@@ -97,7 +103,7 @@ def select_exits(criterion: str, thresholds, logits: torch.Tensor, gates: torch.
     num_exits = logits.shape[0]
     values = check_thresholds(thresholds, num_exits - 1)
     score = scores(criterion, logits, gates)
-    fired = fires(criterion, score.double(), values.to(score.device)[:, None])
+    fired = fires(criterion, score, values[:, None])
     exits = first_firing_exit(fired).long()
     predictions = logits.argmax(dim=-1).gather(0, exits[None]).squeeze(0)
     return exits, predictions

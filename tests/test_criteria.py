@@ -1,0 +1,67 @@
+"""Exit criteria and the run-everything-then-select reference, against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from repro import criteria
+from repro.errors import ReproError, UnknownNameError
+
+
+def test_normalised_entropy_extremes_and_a_hand_value():
+    uniform = torch.zeros(1, 4)
+    assert criteria.normalised_entropy(uniform).item() == pytest.approx(1.0)
+    peaked = torch.tensor([[100.0, 0.0, 0.0, 0.0]])
+    assert criteria.normalised_entropy(peaked).item() == pytest.approx(0.0, abs=1e-6)
+    # softmax([log 3, 0]) = [0.75, 0.25]; H = -(0.75 ln 0.75 + 0.25 ln 0.25) / ln 2
+    two = torch.tensor([[math.log(3.0), 0.0]])
+    expected = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(2)
+    assert criteria.normalised_entropy(two).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_max_probability_hand_value():
+    logits = torch.tensor([[math.log(3.0), 0.0]])
+    assert criteria.max_probability(logits).item() == pytest.approx(0.75)
+
+
+def test_select_exits_hand_made():
+    # 3 exits (2 early + final), 4 samples, 2 classes. Probabilities of class 0 per exit:
+    p0 = torch.tensor([[0.95, 0.60, 0.08, 0.55], [0.50, 0.99, 0.20, 0.52], [0.30, 0.40, 0.80, 0.90]])
+    logits = torch.stack([torch.log(p0), torch.log(1 - p0)], dim=-1)
+    exits, predictions = criteria.select_exits("maxprob", 0.9, logits)
+    # sample 0 leaves at exit 0 (0.95), 1 at exit 1 (0.99), 2 at exit 0 (max(0.08, 0.92) = 0.92), 3 never fires -> final.
+    assert exits.tolist() == [0, 1, 0, 2]
+    assert predictions.tolist() == [0, 0, 1, 0]
+
+
+def test_select_exits_per_exit_thresholds_and_gates():
+    logits = torch.randn(3, 5, 4)
+    gates = torch.tensor([[0.9, 0.1, 0.5, 0.2, 0.7], [0.0, 0.8, 0.6, 0.1, 0.9]])
+    exits, _ = criteria.select_exits("gate", [0.7, 0.6], logits, gates)
+    # a float32 gate of 0.7 fires at threshold 0.7 (compared in the gate's dtype, not float64)
+    assert exits.tolist() == [0, 1, 1, 2, 0]
+
+
+def test_entropy_fires_at_or_below_and_others_at_or_above():
+    score = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
+    assert criteria.fires("entropy", score, 0.5).tolist() == [True, True, False]
+    assert criteria.fires("maxprob", score, 0.5).tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_threshold_out_of_range(bad):
+    with pytest.raises(ReproError, match="outside"):
+        criteria.check_thresholds(bad, 3)
+
+
+def test_threshold_count_mismatch():
+    with pytest.raises(ValueError, match="2 thresholds for 3 early exits"):
+        criteria.check_thresholds([0.1, 0.2], 3)
+
+
+def test_unknown_criterion_and_gate_without_gates():
+    with pytest.raises(UnknownNameError, match="valid: entropy, gate, maxprob"):
+        criteria.select_exits("nope", 0.5, torch.randn(2, 3, 4))
+    with pytest.raises(ReproError, match="needs a model with learned gates"):
+        criteria.select_exits("gate", 0.5, torch.randn(2, 3, 4), None)
