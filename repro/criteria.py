@@ -24,17 +24,22 @@ CRITERIA = ("entropy", "maxprob", "gate")
 THRESHOLD_RANGE = (0.0, 1.0)
 
 
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    # bf16/fp16 logits are scored in float32; float64 logits (exactness tests) stay float64.
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) over the last dimension divided by log C: 0 = one-hot, 1 = uniform."""
     num_classes = logits.shape[-1]
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    log_probs = torch.log_softmax(_at_least_float32(logits), dim=-1)
     entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
     return (entropy / math.log(num_classes)).clamp(0.0, 1.0) if num_classes > 1 else torch.zeros_like(entropy)
 
 
 def max_probability(logits: torch.Tensor) -> torch.Tensor:
     """Top softmax probability over the last dimension."""
-    return torch.softmax(logits.float(), dim=-1).amax(dim=-1)
+    return torch.softmax(_at_least_float32(logits), dim=-1).amax(dim=-1)
 
 
 def check_criterion(criterion: str, has_gates: bool = True) -> str:
@@ -55,7 +60,7 @@ def scores(criterion: str, logits: torch.Tensor, gates: torch.Tensor | None = No
         return normalised_entropy(early_logits)
     if criterion == "maxprob":
         return max_probability(early_logits)
-    return gates.float()
+    return _at_least_float32(gates)
 
 
 def fires(criterion: str, score: torch.Tensor, threshold) -> torch.Tensor:

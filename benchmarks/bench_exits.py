@@ -1,0 +1,263 @@
+"""Does early exiting save wall-clock time in proportion to the MACs it saves? (not a test)
+
+For each model at full width (3x32x32 inputs, 10 classes, random weights; timings do not depend on the
+weights), on this machine's CPU:
+
+1. Batch size 1: every sample forced out at exit b (entropy thresholds 1 at b, 0 before it) through
+   `early_exit_single`, versus `run_plain` (the network without exits). Measured speed-up =
+   plain latency / exit-b latency; MAC-predicted speed-up = plain_macs / cumulative_macs[b]; their ratio
+   is the goal figure (>= 0.8 at the middle exits). Calls are interleaved round-robin (one call of each
+   configuration per round) so that drift in the machine's speed hits all of them alike; the median and
+   the best call of each are reported (other processes sharing the CPU only ever add time).
+2. Batch size 256, mixed exits: Gaussian-noise images; per-exit entropy thresholds chosen so that an equal
+   share of the samples leaves at every exit (1/E each: at exit b, 1/(E-b) of those still in), which
+   exercises the shrinking batch at every segment. Throughput of `early_exit_batched` versus `run_plain`
+   and the full forward (every exit), with the MAC-predicted speed-up plain_macs / mean MACs.
+
+Both the report's conv exit head and the cheaper pooled head are measured. Writes
+benchmarks/results/bench_exits.json and bench_exits.md. Usage: python benchmarks/bench_exits.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from repro import criteria
+from repro.models import create_model, list_models
+from repro.models.inference import early_exit_batched, early_exit_single, run_all_then_select, run_plain
+from repro.environment import describe_machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def interleaved_times(calls: dict, rounds: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Median and best (minimum) seconds per call of each zero-argument function, one call each per round.
+
+    The minimum is reported beside the median because other processes may share the CPU: their load only
+    ever adds time, so the best call is the closest to the machine's own speed."""
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median": statistics.median(values), "best": min(values)} for name, values in times.items()}
+
+
+def forcing_thresholds(num_exits: int, exit_index: int) -> list[float]:
+    return [1.0 if b == exit_index else 0.0 for b in range(num_exits - 1)]
+
+
+def batch1(model, rounds: int, warmup: int) -> dict:
+    x = torch.randn(1, *model.input_shape)
+    costs = model.costs
+    calls = {"plain": lambda: run_plain(model, x)}
+    for b in range(model.num_exits):
+        thresholds = forcing_thresholds(model.num_exits, b)
+        taken = early_exit_single(model, x, "entropy", thresholds).exits.item()
+        assert taken == b, f"forcing exit {b} took exit {taken}"
+        calls[f"exit{b}"] = lambda thresholds=thresholds: early_exit_single(model, x, "entropy", thresholds)
+    times = interleaved_times(calls, rounds, warmup)
+    plain = times["plain"]
+    exits = []
+    for b in range(model.num_exits):
+        exit_times = times[f"exit{b}"]
+        measured = plain["median"] / exit_times["median"]
+        measured_best = plain["best"] / exit_times["best"]
+        predicted = costs.plain_macs / costs.cumulative_macs[b]
+        exits.append({
+            "exit": b,
+            "median_ms": 1e3 * exit_times["median"],
+            "best_ms": 1e3 * exit_times["best"],
+            "cumulative_macs": costs.cumulative_macs[b],
+            "measured_speedup": measured,
+            "measured_speedup_best": measured_best,
+            "macs_speedup": predicted,
+            "ratio": measured / predicted,
+            "ratio_best": measured_best / predicted,
+        })
+    middle = exits[1 : model.num_exits - 2]  # the early exits but the first and the last
+    return {
+        "plain_median_ms": 1e3 * plain["median"],
+        "plain_best_ms": 1e3 * plain["best"],
+        "exits": exits,
+        "min_ratio_middle_exits": min(e["ratio"] for e in middle) if middle else None,
+        "min_ratio_best_middle_exits": min(e["ratio_best"] for e in middle) if middle else None,
+    }
+
+
+def spread_thresholds(model, x: torch.Tensor) -> list[float]:
+    """Entropy thresholds giving every exit an equal share of x: at exit b, the lowest-entropy 1/(E-b) of
+    the samples still in leave (threshold midway between the last leaver and the next score)."""
+    out = model(x)
+    score = criteria.scores("entropy", torch.stack(out.logits)).double()
+    still_in = torch.ones(len(x), dtype=torch.bool)
+    thresholds = []
+    for b in range(model.num_exits - 1):
+        remaining = score[b][still_in].sort().values
+        leaving = round(len(remaining) / (model.num_exits - b))
+        if leaving == 0:
+            threshold = 0.0
+        elif leaving == len(remaining):
+            threshold = 1.0
+        else:
+            threshold = ((remaining[leaving - 1] + remaining[leaving]) / 2).item()
+        thresholds.append(threshold)
+        still_in &= ~criteria.fires("entropy", score[b], threshold)
+    return thresholds
+
+
+def batched(model, batch_size: int, rounds: int, warmup: int) -> dict:
+    x = torch.randn(batch_size, *model.input_shape)
+    model.eval()
+    with torch.inference_mode():
+        thresholds = spread_thresholds(model, x)
+    result = run_all_then_select(model, x, "entropy", thresholds)
+    check = early_exit_batched(model, x, "entropy", thresholds)
+    assert torch.equal(check.exits, result.exits), "batched early exit disagrees with the reference"
+    fractions = torch.bincount(result.exits, minlength=model.num_exits).double() / batch_size
+    mean_macs = result.macs.mean().item()
+
+    def full():
+        with torch.inference_mode():
+            model(x)
+
+    times = interleaved_times(
+        {
+            "plain": lambda: run_plain(model, x),
+            "full": full,
+            "early_exit": lambda: early_exit_batched(model, x, "entropy", thresholds),
+        },
+        rounds,
+        warmup,
+    )
+    per_image = {name: 1e3 * t["median"] / batch_size for name, t in times.items()}
+    per_image_best = {name: 1e3 * t["best"] / batch_size for name, t in times.items()}
+    return {
+        "batch_size": batch_size,
+        "thresholds": thresholds,
+        "exit_fractions": fractions.tolist(),
+        "ms_per_image": per_image,
+        "ms_per_image_best": per_image_best,
+        "images_per_second": {name: 1e3 / ms for name, ms in per_image.items()},
+        "mean_macs": mean_macs,
+        "macs_speedup": model.costs.plain_macs / mean_macs,
+        "measured_speedup": per_image["plain"] / per_image["early_exit"],
+        "measured_speedup_vs_full": per_image["full"] / per_image["early_exit"],
+        "measured_speedup_best": per_image_best["plain"] / per_image_best["early_exit"],
+    }
+
+
+def to_markdown(report: dict) -> str:
+    machine = report["machine"]
+    lines = [
+        "# Early-exit speed-up: measured wall clock vs. MAC prediction",
+        "",
+        f"Machine: {machine['device']}, torch {machine['torch']}, Python {machine['python']}. "
+        f"Written by `benchmarks/bench_exits.py` ({report['seconds']:.0f} s). Load average (1 min) "
+        f"{machine['load_before']:.1f} before and {machine['load_after']:.1f} after: other processes shared the "
+        "CPU, so each figure is given for the median call and for the best (least disturbed) call.",
+        "Models at full width, 3x32x32 inputs, 10 classes, random weights, float32, eval mode.",
+        "",
+        f"## Batch size 1: every sample forced out at exit b (median of {report['settings']['rounds_batch1']} "
+        "interleaved calls)",
+        "",
+        "Measured = plain-network latency / exit-b latency; predicted = plain MACs / cumulative MACs of exit b; "
+        "ratio = measured / predicted (goal >= 0.8 at the middle exits: all early exits but the first and the last).",
+        "",
+    ]
+    for run in report["runs"]:
+        one = run["batch1"]
+        lines += [
+            f"### {run['model']}, head {run['head']}: plain network {one['plain_median_ms']:.2f} ms median, "
+            f"{one['plain_best_ms']:.2f} ms best; lowest ratio at the middle exits "
+            f"{one['min_ratio_middle_exits']:.2f} (median), {one['min_ratio_best_middle_exits']:.2f} (best)",
+            "",
+            "| exit | MMACs | median ms | best ms | MAC speed-up | measured (median) | ratio | measured (best) | ratio |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for e in one["exits"]:
+            lines.append(
+                f"| {e['exit']} | {e['cumulative_macs'] / 1e6:.1f} | {e['median_ms']:.2f} | {e['best_ms']:.2f} | "
+                f"{e['macs_speedup']:.2f} | {e['measured_speedup']:.2f} | {e['ratio']:.2f} | "
+                f"{e['measured_speedup_best']:.2f} | {e['ratio_best']:.2f} |"
+            )
+        lines.append("")
+    lines += [
+        f"## Batch size {report['settings']['batch_size']}, an equal share of samples at every exit "
+        f"(median of {report['settings']['rounds_batched']} interleaved calls)",
+        "",
+        "Full = every exit evaluated (the reference's forward). ms per image from the median call; "
+        "the last column uses the best calls.",
+        "",
+        "| model | head | exit fractions | plain ms/img | full ms/img | early-exit ms/img | MAC speed-up | "
+        "measured vs plain | measured vs full | measured vs plain (best) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in report["runs"]:
+        b = run["batched"]
+        ms = b["ms_per_image"]
+        lines.append(
+            f"| {run['model']} | {run['head']} | {' '.join(f'{f:.2f}' for f in b['exit_fractions'])} | "
+            f"{ms['plain']:.3f} | {ms['full']:.3f} | {ms['early_exit']:.3f} | {b['macs_speedup']:.2f} | "
+            f"{b['measured_speedup']:.2f} | {b['measured_speedup_vs_full']:.2f} | {b['measured_speedup_best']:.2f} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats, to check the script runs")
+    parser.add_argument("--models", nargs="*", default=list_models())
+    parser.add_argument("--heads", nargs="*", default=["conv", "pool"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=40, help="timed calls per configuration at batch size 1")
+    parser.add_argument("--batch-rounds", type=int, default=3, help="timed calls per configuration at batch 256")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    rounds, batch_rounds = (3, 1) if args.quick else (args.rounds, args.batch_rounds)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    runs = []
+    for name in args.models:
+        for head in args.heads:
+            model = create_model(name, 10, 3, 32, head=head).eval()
+            runs.append({
+                "model": name,
+                "head": head,
+                "plain_macs": model.costs.plain_macs,
+                "cumulative_macs": model.costs.cumulative_macs,
+                "batch1": batch1(model, rounds, warmup=max(2, rounds // 10)),
+                "batched": batched(model, args.batch_size, batch_rounds, warmup=1),
+            })
+            print(f"{name} head={head}: done at {time.perf_counter() - started:.0f} s", flush=True)
+    report = {
+        "machine": {**describe_machine(), "load_before": load_before, "load_after": os.getloadavg()[0]},
+        "settings": {"rounds_batch1": rounds, "rounds_batched": batch_rounds, "batch_size": args.batch_size,
+                     "criterion": "entropy", "input": "3x32x32 Gaussian noise", "num_classes": 10},
+        "seconds": time.perf_counter() - started,
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    (args.out / f"bench_exits{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"bench_exits{suffix}.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+
+
+if __name__ == "__main__":
+    main()

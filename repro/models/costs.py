@@ -1,0 +1,108 @@
+"""What it costs to leave a multi-exit network at each exit: MACs, FLOPs and parameters per sample.
+
+Counted with torch.utils.flop_counter.FlopCounterMode on the real modules (each backbone segment, each
+branch head, each gate and the final classifier separately, on one sample of the shape that reaches it),
+so there are no hand-written per-layer formulas. The counter counts matrix multiplies and convolutions
+(2 FLOPs per multiply-accumulate; biases, activations, pooling and batch norm are not counted), so
+MACs = FLOPs / 2.
+
+The cost of leaving at exit b (Scardapane et al. 2020, the expected-cost term of the training loss; the
+reproduction report's speed-up tables) = backbone up to exit b + every branch head and gate evaluated on
+the way (a sample that leaves at exit 3 has paid for heads 0-3). The final exit costs the full backbone
+plus all early heads. plain_macs is the network without exits (the backbone and its classifier).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class ExitCosts:
+    cumulative_macs: list[float]  # [E] MACs per sample to leave at exit b
+    plain_macs: float  # MACs per sample of the network without exits
+    backbone_macs: list[float]  # [E] backbone MACs up to exit b (for the final exit: + the classifier)
+    head_macs: list[float]  # [E-1] branch b: features + linear classifier, without the gate
+    gate_macs: list[float]  # [E-1] gate b (linear on the branch features)
+    cumulative_flops: list[float]  # [E] FLOPs as counted (= 2 x cumulative_macs)
+    params: list[int]  # [E] parameters used by a sample that leaves at exit b (final: the whole model)
+    plain_params: int  # parameters of the network without exits
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.cumulative_macs)
+
+    def relative(self) -> torch.Tensor:
+        """Cumulative cost of each exit divided by the final exit's: float32 [E], last entry 1.0."""
+        cumulative = torch.tensor(self.cumulative_macs, dtype=torch.float64)
+        return (cumulative / cumulative[-1]).float()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _counted_flops(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    with FlopCounterMode(display=False) as counter:
+        out = module(x)
+    return counter.get_total_flops(), out
+
+
+def _param_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def measure_costs(model) -> ExitCosts:
+    """Measure a MultiExitNetwork (repro.models.exits) segment by segment; eval mode, no gradients,
+    and every module's train/eval flag restored afterwards."""
+    parameter = next(model.parameters())
+    x = torch.zeros(1, *model.input_shape, dtype=parameter.dtype, device=parameter.device)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            segment_flops, head_flops, gate_flops = [], [], []
+            for b in range(model.num_exits):
+                start, stop = model.segment_bounds[b]
+                flops = 0
+                for index in range(start, stop):
+                    stage_flops, x = _counted_flops(model.stages[index], x)
+                    flops += stage_flops
+                segment_flops.append(flops)
+                if b < model.num_exits - 1:
+                    branch = model.branches[b]
+                    features_flops, features = _counted_flops(branch.features, x)
+                    classify_flops, _ = _counted_flops(branch.classify, features)
+                    head_flops.append(features_flops + classify_flops)
+                    gate_flops.append(_counted_flops(branch.gate, features)[0])
+            classifier_flops, _ = _counted_flops(model.classifier, x)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+    num_early = model.num_exits - 1
+    backbone_flops = [sum(segment_flops[: b + 1]) for b in range(model.num_exits)]
+    backbone_flops[-1] += classifier_flops
+    heads_so_far = [sum(head_flops[: b + 1]) + sum(gate_flops[: b + 1]) for b in range(num_early)]
+    heads_so_far.append(sum(head_flops) + sum(gate_flops))
+    cumulative_flops = [float(backbone + heads) for backbone, heads in zip(backbone_flops, heads_so_far)]
+
+    stage_params = [_param_count(stage) for stage in model.stages]
+    branch_params = [_param_count(branch) for branch in model.branches]
+    plain_params = sum(stage_params) + _param_count(model.classifier)
+    params = [
+        sum(stage_params[: model.segment_bounds[b][1]]) + sum(branch_params[: b + 1]) for b in range(num_early)
+    ]
+    params.append(plain_params + sum(branch_params))
+    return ExitCosts(
+        cumulative_macs=[flops / 2 for flops in cumulative_flops],
+        plain_macs=backbone_flops[-1] / 2,
+        backbone_macs=[flops / 2 for flops in backbone_flops],
+        head_macs=[flops / 2 for flops in head_flops],
+        gate_macs=[flops / 2 for flops in gate_flops],
+        cumulative_flops=cumulative_flops,
+        params=params,
+        plain_params=plain_params,
+    )

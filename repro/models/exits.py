@@ -1,0 +1,188 @@
+"""Exit branches, gates and the multi-exit wrapper shared by every model family.
+
+Scardapane et al., "Differentiable branching in deep networks for fast inference" (ICASSP 2020):
+a backbone f = f_E o ... o f_1 is cut into segments; after segment b an exit branch c_b gives class
+logits, and a gate g_b(x) in (0, 1) computed from the branch's own features says whether to stop there.
+
+A family (vgg.py, alexnet.py, resnet.py) supplies an ordered list of backbone stages and its final
+classifier; `MultiExitNetwork` splits the stages at the chosen exit positions (exit position p = after
+stage p) and attaches one `ExitBranch` per early exit. With no exits it is the plain network, so the
+baseline and the multi-exit model share one backbone definition and the same state-dict keys for it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from repro.errors import ReproError, check_name
+from repro.models.costs import ExitCosts, measure_costs
+
+HEADS = ("conv", "pool")
+BRANCH_CHANNELS = 128  # the report's branch convolution width (scaled by the model's width option)
+
+
+class MultiExitOutput(NamedTuple):
+    """Every exit's class logits, shallow to final, and every early exit's gate value."""
+
+    logits: list[torch.Tensor]  # E tensors [N, C]
+    gates: list[torch.Tensor]  # E-1 tensors [N], values in (0, 1), float32 even under bf16 autocast
+    gate_logits: list[torch.Tensor] | None = None  # E-1 tensors [N], the gates before the sigmoid
+
+
+class ExitBranch(nn.Module):
+    """One early exit: features -> class logits, and a gate on the same features.
+
+    head "conv" (the reproduction report's branch): 3x3 conv to `channels` channels, ReLU, 2x2 max-pool
+    (ceil mode, so 1x1 maps work), flatten. head "pool" (a cheaper one): global average pool, flatten.
+    Then `classify` (linear -> classes) and `gate` (linear -> 1, sigmoid) both read those features.
+    """
+
+    def __init__(self, feature_shape: torch.Size, num_classes: int, head: str = "conv", channels: int = BRANCH_CHANNELS):
+        super().__init__()
+        in_channels, height, width = feature_shape
+        if head == "conv":
+            self.features = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.Flatten(),
+            )
+            num_features = channels * math.ceil(height / 2) * math.ceil(width / 2)
+        else:
+            self.features = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            num_features = in_channels
+        self.classify = nn.Linear(num_features, num_classes)
+        self.gate = nn.Linear(num_features, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, C, H, W] -> (logits [N, classes], gate [N], gate logit [N]).
+
+        The gate logit is kept in float32 so that, under bf16 autocast, 1 - g is not rounded to 0 or 1
+        and the loss can take log g and log(1 - g) as logsigmoid(+-z) without underflow.
+        """
+        features = self.features(x)
+        gate_logit = self.gate(features).squeeze(-1)
+        gate_logit = gate_logit.to(torch.promote_types(gate_logit.dtype, torch.float32))
+        return self.classify(features), torch.sigmoid(gate_logit), gate_logit
+
+
+def check_exit_positions(model_name: str, exits, num_positions: int, default: tuple[int, ...]) -> tuple[int, ...]:
+    """None -> the family's default; else each position an int in [0, num_positions), no repeats -> sorted."""
+    if exits is None:
+        return tuple(default)
+    if isinstance(exits, (str, bytes)) or not hasattr(exits, "__iter__"):
+        raise ReproError(f"exits must be a list of exit positions, e.g. [0, 2]; got {exits!r}")
+    positions = list(exits)
+    for position in positions:
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise ReproError(f"exit positions must be integers; got {position!r}")
+        if not 0 <= position < num_positions:
+            raise ReproError(
+                f"exit position {position} is out of range for {model_name}: valid positions are 0..{num_positions - 1}"
+            )
+    repeated = sorted({p for p in positions if positions.count(p) > 1})
+    if repeated:
+        raise ReproError(f"exit position {repeated[0]} is given more than once; each position holds at most one exit")
+    return tuple(sorted(positions))
+
+
+def stage_output_shapes(stages: list[nn.Module], input_shape: tuple[int, int, int]) -> list[torch.Size]:
+    """(C, H, W) after each stage, from one forward pass of a zero image in eval mode (so batch norm's
+    running statistics are neither needed nor changed)."""
+    shapes, x = [], torch.zeros(1, *input_shape)
+    with torch.no_grad():
+        for stage in stages:
+            was_training = stage.training
+            x = stage.eval()(x)
+            stage.train(was_training)
+            shapes.append(x.shape[1:])
+    return shapes
+
+
+class MultiExitNetwork(nn.Module):
+    """A backbone of stages with early exits after the chosen stages and the family's classifier at the end.
+
+    forward(x) -> MultiExitOutput(logits: E x [N, C], gates: (E-1) x [N]).
+    Segment b (b = 0..E-1) runs stages (exit_positions[b-1], exit_positions[b]]; the last segment runs
+    to the end of the backbone and is followed by `classifier`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stages: list[nn.Module],
+        classifier: nn.Module,
+        exit_positions: tuple[int, ...],
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        stage_shapes: list[torch.Size],
+        head: str = "conv",
+        branch_channels: int = BRANCH_CHANNELS,
+        options: dict | None = None,
+    ):
+        super().__init__()
+        check_name("exit head", head, HEADS)
+        self.name = name
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.exit_positions = tuple(exit_positions)
+        self.num_exits = len(self.exit_positions) + 1
+        self.options = dict(options or {})  # the resolved create_model options, enough to rebuild the model
+        self.stages = nn.ModuleList(stages)
+        self.branches = nn.ModuleList(
+            ExitBranch(stage_shapes[p], num_classes, head, branch_channels) for p in self.exit_positions
+        )
+        self.classifier = classifier
+        ends = [p + 1 for p in self.exit_positions] + [len(stages)]
+        starts = [0] + ends[:-1]
+        self.segment_bounds = tuple(zip(starts, ends))  # stage index ranges [start, stop) per segment
+        self._costs = None  # ExitCosts, measured on first use of .costs
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ReproError unless x is a batch [N, C, H, W] of the shape this model was built for."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+            c, h, w = self.input_shape
+            got = "x".join(str(s) for s in x.shape[1:]) if x.dim() == 4 else f"a {x.dim()}-d tensor"
+            raise ReproError(
+                f"{self.name} was built for {c}x{h}x{w} inputs (channels x height x width); got {got}"
+            )
+
+    def run_segment(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        """The backbone stages between exit b-1 and exit b (for b = E-1: to the end, without the classifier)."""
+        start, stop = self.segment_bounds[b]
+        for index in range(start, stop):
+            x = self.stages[index](x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> MultiExitOutput:
+        self.check_input(x)
+        logits, gates, gate_logits = [], [], []
+        for b, branch in enumerate(self.branches):
+            x = self.run_segment(b, x)
+            exit_logits, gate, gate_logit = branch(x)
+            logits.append(exit_logits)
+            gates.append(gate)
+            gate_logits.append(gate_logit)
+        x = self.run_segment(self.num_exits - 1, x)
+        logits.append(self.classifier(x))
+        return MultiExitOutput(logits, gates, gate_logits)
+
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """The network without exits: every stage, then the classifier -> final logits [N, C]."""
+        for stage in self.stages:
+            x = stage(x)
+        return self.classifier(x)
+
+    @property
+    def costs(self) -> ExitCosts:
+        """ExitCosts: MACs, FLOPs and parameters of leaving at each exit; measured once."""
+        if self._costs is None:
+            self._costs = measure_costs(self)
+        return self._costs
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, exit_positions={self.exit_positions}, input_shape={self.input_shape}"

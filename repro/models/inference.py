@@ -1,0 +1,132 @@
+"""Early-exit inference that skips the work after a sample's exit (Scardapane et al., ICASSP 2020, Sec. 2:
+at test time a sample stops at the first exit whose criterion fires).
+
+Four paths, all taking the criterion's scores and firing rule from repro.criteria so that they agree
+exactly with its `select_exits` reference:
+- `early_exit_single`: one sample at a time (batch size 1): run a segment, its branch, decide, stop.
+- `early_exit_batched`: a whole batch; the samples that left are removed before the next segment runs,
+  so the work shrinks with the batch.
+- `run_all_then_select`: the reference: every exit for every sample, then `criteria.select_exits`.
+- `run_plain`: the network without exits (backbone and final classifier only), the speed-up baseline.
+MACs per sample are the model's measured cumulative cost of the exit taken (repro.models.costs).
+The model runs in eval mode (switched for the call and switched back when it was training).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import torch
+
+from repro.criteria import check_criterion, check_thresholds, fires, scores, select_exits
+from repro.errors import ReproError
+
+
+class EarlyExitResult(NamedTuple):
+    """Per sample, on the CPU whatever device the model ran on."""
+
+    predictions: torch.Tensor  # int64 [N] predicted class
+    exits: torch.Tensor  # int64 [N] exit taken, 0..E-1 (E-1 = the final classifier)
+    macs: torch.Tensor  # float64 [N] MACs spent on the sample (cumulative cost of its exit)
+
+
+@contextmanager
+def _eval_mode(model):
+    """Eval mode for the call (dropout off, batch norm on running statistics); restores flags after."""
+    if not model.training:
+        yield
+        return
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _prepare(model, x: torch.Tensor, criterion: str, thresholds) -> list[float]:
+    """Validate once per call; thresholds -> one Python float (float64) per early exit."""
+    model.check_input(x)
+    check_criterion(criterion, has_gates=True)
+    return check_thresholds(thresholds, model.num_exits - 1).tolist()
+
+
+def _result(model, predictions: torch.Tensor, exits: torch.Tensor) -> EarlyExitResult:
+    exit_macs = torch.tensor(model.costs.cumulative_macs, dtype=torch.float64)
+    return EarlyExitResult(predictions.cpu(), exits.cpu(), exit_macs[exits.cpu()])
+
+
+@torch.inference_mode()
+def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> EarlyExitResult:
+    """Each sample of x [N, C, H, W] alone (batch size 1): stop at its first firing exit."""
+    values = _prepare(model, x, criterion, thresholds)
+    last = model.num_exits - 1
+    predictions = torch.empty(len(x), dtype=torch.long)
+    exits = torch.full((len(x),), last, dtype=torch.long)
+    with _eval_mode(model):
+        for i in range(len(x)):
+            h = x[i : i + 1]
+            for b in range(last):
+                h = model.run_segment(b, h)
+                logits, gate, _ = model.branches[b](h)
+                if fires(criterion, scores(criterion, logits, gate).double(), values[b]).item():
+                    exits[i] = b
+                    break
+            else:
+                logits = model.classifier(model.run_segment(last, h))
+            predictions[i] = logits.argmax(dim=-1).item()
+    return _result(model, predictions, exits)
+
+
+@torch.inference_mode()
+def early_exit_batched(model, x: torch.Tensor, criterion: str, thresholds, batch_size: int | None = None) -> EarlyExitResult:
+    """x [N, C, H, W] in batches of `batch_size` (None: all at once); after each early exit the samples
+    that left are dropped, so later segments run on fewer samples."""
+    values = _prepare(model, x, criterion, thresholds)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ReproError(f"batch_size must be a positive integer; got {batch_size!r}")
+    last = model.num_exits - 1
+    predictions = torch.empty(len(x), dtype=torch.long, device=x.device)
+    exits = torch.full((len(x),), last, dtype=torch.long, device=x.device)
+    step = batch_size or max(len(x), 1)
+    with _eval_mode(model):
+        for start in range(0, len(x), step):
+            h = x[start : start + step]
+            active = torch.arange(start, start + len(h), device=x.device)  # indices into x of the samples still in
+            for b in range(last):
+                h = model.run_segment(b, h)
+                logits, gate, _ = model.branches[b](h)
+                fired = fires(criterion, scores(criterion, logits, gate).double(), values[b])
+                if fired.any():
+                    left = active[fired]
+                    exits[left] = b
+                    predictions[left] = logits[fired].argmax(dim=-1)
+                    stay = ~fired
+                    h, active = h[stay], active[stay]
+                    if len(active) == 0:
+                        break
+            else:
+                predictions[active] = model.classifier(model.run_segment(last, h)).argmax(dim=-1)
+    return _result(model, predictions, exits)
+
+
+@torch.inference_mode()
+def run_all_then_select(model, x: torch.Tensor, criterion: str, thresholds) -> EarlyExitResult:
+    """The reference: every exit for every sample, then criteria.select_exits."""
+    values = _prepare(model, x, criterion, thresholds)
+    with _eval_mode(model):
+        out = model(x)
+    logits = torch.stack(out.logits)
+    gates = torch.stack(out.gates) if out.gates else logits.new_zeros(0, len(x))
+    exits, predictions = select_exits(criterion, values, logits, gates)
+    return _result(model, predictions, exits)
+
+
+@torch.inference_mode()
+def run_plain(model, x: torch.Tensor) -> torch.Tensor:
+    """The network without exits: x [N, C, H, W] -> final logits [N, C], no branch evaluated."""
+    model.check_input(x)
+    with _eval_mode(model):
+        return model.backbone(x)

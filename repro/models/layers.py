@@ -1,0 +1,49 @@
+"""The building blocks the model families share: scaled channel counts, a conv unit, classifier heads.
+
+Each family (vgg.py, alexnet.py, resnet.py) describes its backbone as an ordered list of stages built
+from these pieces; nothing here knows about exits (see exits.py for those).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+CLASSIFIERS = ("report", "linear")
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count times the width multiplier (width=0.25 turns 64..512 into 16..128), at least 1."""
+    return max(1, int(round(channels * width)))
+
+
+def conv_unit(in_channels: int, out_channels: int, batch_norm: bool, pool: bool) -> nn.Sequential:
+    """3x3 convolution (padding 1, so the size is kept) [+ batch norm] + ReLU [+ 2x2 max-pool].
+
+    The pool uses ceil_mode so odd maps keep their last row/column: 28x28 inputs go 28-14-7-4-2-1,
+    the same number of poolings as 32x32 inputs (32-16-8-4-2-1).
+    """
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers.append(nn.ReLU(inplace=True))
+    if pool:
+        layers.append(nn.MaxPool2d(2, ceil_mode=True))
+    return nn.Sequential(*layers)
+
+
+def classifier_head(kind: str, in_features: int, hidden: int, num_classes: int, dropout: bool) -> nn.Sequential:
+    """The final classifier on flattened features.
+
+    kind "report": in -> hidden -> hidden -> classes with ReLU (and dropout p=0.5 before each hidden
+    layer when `dropout`), the reproduction report's 512 -> 4096 -> 4096 -> C for VGG-13.
+    kind "linear": in -> classes.
+    """
+    if kind == "linear":
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
+    layers: list[nn.Module] = [nn.Flatten()]
+    for size_in in (in_features, hidden):
+        if dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [nn.Linear(size_in, hidden), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(hidden, num_classes))
+    return nn.Sequential(*layers)

@@ -1,0 +1,171 @@
+"""Early-exit inference: the skipping paths equal the run-everything-then-select reference exactly,
+and the work they do (counted by torch's FLOP counter) is exactly the cost of the exits taken.
+
+Models are float64 so that batch-size-dependent rounding cannot flip a threshold comparison; the
+thresholds are random midpoints between neighbouring scores, so every exit gets some samples.
+"""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from repro import criteria
+from repro.errors import ReproError
+from repro.models import create_model, list_models
+from repro.models.inference import (
+    EarlyExitResult,
+    early_exit_batched,
+    early_exit_single,
+    run_all_then_select,
+    run_plain,
+)
+
+SHAPES = [(3, 32), (1, 28)]
+CUSTOM_EXITS = {"vgg13": [1, 4, 8], "alexnet": [1, 3], "resnet18": [0, 3, 6]}
+WIDTH = 0.125
+N = 10  # samples per check
+
+
+def tiny(name, shape, exits, seed=0):
+    torch.manual_seed(seed)
+    chosen = None if exits == "default" else CUSTOM_EXITS[name]
+    return create_model(name, 5, shape[0], shape[1], exits=chosen, width=WIDTH).double().eval()
+
+
+def images(shape, n=N, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, shape[0], shape[1], shape[1], generator=generator, dtype=torch.float64)
+
+
+def midpoint_thresholds(model, x, criterion, seed):
+    """Per early exit, a random midpoint between two neighbouring distinct scores (so no score sits on it)."""
+    out = model(x)
+    score = criteria.scores(criterion, torch.stack(out.logits), torch.stack(out.gates)).double()
+    generator = torch.Generator().manual_seed(seed)
+    thresholds = []
+    for row in score:
+        values = row.unique(sorted=True)
+        gaps = values[1:] - values[:-1]
+        midpoints = ((values[1:] + values[:-1]) / 2)[gaps > 1e-6]
+        if len(midpoints) == 0:
+            midpoints = torch.tensor([0.0 if criterion == "entropy" else 1.0], dtype=torch.float64)
+        thresholds.append(midpoints[torch.randint(len(midpoints), (1,), generator=generator)].item())
+    return thresholds
+
+
+def forcing_thresholds(model, exit_index):
+    """Entropy thresholds that send every sample out at `exit_index`: 0 never fires (no random model is
+    one-hot), 1 always fires (normalised entropy is at most 1)."""
+    return [1.0 if b == exit_index else 0.0 for b in range(model.num_exits - 1)]
+
+
+def counted_flops(fn, *args):
+    with FlopCounterMode(display=False) as counter:
+        result = fn(*args)
+    return counter.get_total_flops(), result
+
+
+@pytest.mark.parametrize("exits", ["default", "custom"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["3x32", "1x28"])
+@pytest.mark.parametrize("name", list_models())
+def test_skipping_paths_equal_the_reference(name, shape, exits):
+    model = tiny(name, shape, exits)
+    seen_exits = set()
+    for seed, criterion in enumerate(criteria.CRITERIA * 2):  # every criterion, two seeds each
+        x = images(shape, seed=seed)
+        thresholds = midpoint_thresholds(model, x, criterion, seed)
+        reference = run_all_then_select(model, x, criterion, thresholds)
+        single_flops, single = counted_flops(early_exit_single, model, x, criterion, thresholds)
+        batched_flops, batched = counted_flops(early_exit_batched, model, x, criterion, thresholds)
+        for result in (single, batched):
+            assert torch.equal(result.exits, reference.exits)
+            assert torch.equal(result.predictions, reference.predictions)
+            assert torch.equal(result.macs, reference.macs)
+        # The reference is the select_exits of criteria on every exit's outputs, taken independently here.
+        out = model(x)
+        exits_direct, predictions_direct = criteria.select_exits(
+            criterion, thresholds, torch.stack(out.logits), torch.stack(out.gates)
+        )
+        assert torch.equal(reference.exits, exits_direct) and torch.equal(reference.predictions, predictions_direct)
+        # Both paths did exactly the work of the exits taken (FLOPs = 2 x MACs), no more.
+        assert single_flops == batched_flops == 2 * reference.macs.sum().item()
+        seen_exits.update(reference.exits.tolist())
+    assert len(seen_exits) >= 2  # the thresholds really spread samples over exits
+
+
+@pytest.mark.parametrize("exit_index", [0, 1])
+@pytest.mark.parametrize("shape", SHAPES, ids=["3x32", "1x28"])
+@pytest.mark.parametrize("name", list_models())
+def test_forced_exit_spends_exactly_that_exits_cost(name, shape, exit_index):
+    model = tiny(name, shape, "default")
+    thresholds = forcing_thresholds(model, exit_index)
+    cost = model.costs.cumulative_macs[exit_index]
+    flops, single = counted_flops(early_exit_single, model, images(shape, n=1), "entropy", thresholds)
+    assert single.exits.tolist() == [exit_index] and single.macs.tolist() == [cost]
+    assert flops == 2 * cost
+    flops, batched = counted_flops(early_exit_batched, model, images(shape, n=4), "entropy", thresholds)
+    assert batched.exits.tolist() == [exit_index] * 4 and flops == 2 * 4 * cost
+
+
+def test_nothing_fires_then_everything_leaves_at_the_final_exit():
+    model = tiny("alexnet", (3, 32), "default")
+    x = images((3, 32))
+    result = early_exit_batched(model, x, "maxprob", 1.0)
+    assert result.exits.tolist() == [4] * N
+    assert torch.equal(result.predictions, run_plain(model, x).argmax(dim=-1))
+    assert result.macs.tolist() == [model.costs.cumulative_macs[-1]] * N
+    assert result.predictions.dtype == result.exits.dtype == torch.int64 and result.macs.dtype == torch.float64
+    assert isinstance(result, EarlyExitResult)
+
+
+def test_batched_chunks_agree_and_empty_input_works():
+    model = tiny("resnet18", (1, 28), "custom")
+    x = images((1, 28), n=9)
+    thresholds = midpoint_thresholds(model, x, "gate", seed=3)
+    whole = early_exit_batched(model, x, "gate", thresholds)
+    chunked = early_exit_batched(model, x, "gate", thresholds, batch_size=4)
+    assert torch.equal(whole.exits, chunked.exits) and torch.equal(whole.predictions, chunked.predictions)
+    empty = early_exit_batched(model, x[:0], "gate", thresholds)
+    assert empty.exits.shape == empty.predictions.shape == empty.macs.shape == (0,)
+
+
+def test_a_model_without_early_exits_runs_every_path():
+    model = create_model("vgg13", 4, exits=[], width=WIDTH).double().eval()
+    x = images((3, 32), n=3)
+    for path in (early_exit_single, early_exit_batched, run_all_then_select):
+        result = path(model, x, "entropy", [])
+        assert result.exits.tolist() == [0, 0, 0]
+        assert torch.equal(result.predictions, run_plain(model, x).argmax(dim=-1))
+
+
+def test_a_training_model_is_run_in_eval_mode_and_left_training():
+    model = tiny("vgg13", (3, 32), "default").train()
+    x = images((3, 32))
+    thresholds = midpoint_thresholds(model.eval(), x, "maxprob", seed=0)
+    expected = run_all_then_select(model, x, "maxprob", thresholds)
+    model.train()
+    got = early_exit_batched(model, x, "maxprob", thresholds)  # dropout would make this random in train mode
+    assert torch.equal(got.exits, expected.exits) and model.training and model.classifier[1].training
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, x: early_exit_single(m, x[:, :1], "entropy", 0.5),
+         "vgg13 was built for 3x32x32 inputs (channels x height x width); got 1x32x32"),
+        (lambda m, x: early_exit_batched(m, x[..., :28, :28], "entropy", 0.5),
+         "vgg13 was built for 3x32x32 inputs (channels x height x width); got 3x28x28"),
+        (lambda m, x: run_plain(m, x[0]), "vgg13 was built for 3x32x32 inputs (channels x height x width); got a 3-d tensor"),
+        (lambda m, x: early_exit_single(m, x, "entropy", 1.5),
+         "threshold 1.5 is outside [0.0, 1.0], the range of every exit criterion"),
+        (lambda m, x: early_exit_batched(m, x, "maxprob", [0.5, 0.5]),
+         "got 2 thresholds for 9 early exits; give one, or one per early exit"),
+        (lambda m, x: run_all_then_select(m, x, "margin", 0.5), "unknown criterion 'margin'; valid: entropy, gate, maxprob"),
+        (lambda m, x: early_exit_batched(m, x, "gate", 0.5, batch_size=0), "batch_size must be a positive integer; got 0"),
+    ],
+)
+def test_bad_inference_arguments_raise_one_clear_line(call, message):
+    model = create_model("vgg13", 10, width=WIDTH).eval()
+    with pytest.raises(ValueError) as raised:
+        call(model, torch.zeros(2, 3, 32, 32))
+    assert str(raised.value) == message and isinstance(raised.value, ReproError)
