@@ -1,0 +1,92 @@
+"""Rebuild a run's pieces from its config: the model, the data splits, and a trained run's best weights.
+
+The config saved in config.json is enough to rebuild a run (STYLE.md, principle 3): `build_model` makes
+the same network the trainer trained, `load_data` the same splits, and `load_run` gives `repro eval` (and
+anyone else) a trained run ready to use: its config, the best checkpoint's weights in eval mode, the
+splits and the data set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from repro import rundir
+from repro.config import TrainConfig
+from repro.errors import ReproError
+
+
+def build_model(config: TrainConfig, dataset=None):
+    """The MultiExitNetwork described by `config` (shapes from `dataset` when given, else from the config)."""
+    from repro.models import create_model
+
+    if dataset is not None:
+        config = config.with_dataset(dataset)
+    if config.num_classes is None:
+        raise ReproError("the config does not say the number of classes; pass the data set to build_model")
+    model = create_model(
+        config.model,
+        config.num_classes,
+        config.in_channels,
+        config.image_size,
+        exits=config.exits,
+        batch_norm=config.batch_norm,
+        classifier=config.classifier,
+        dropout=config.dropout,
+        head=config.head,
+        width=config.width,
+    )
+    if config.alphas is not None and len(config.alphas) != model.num_exits:
+        raise ReproError(
+            f"--alphas gives {len(config.alphas)} weights but {config.model} has {model.num_exits} exits "
+            f"(exit positions {list(model.exit_positions)} + the final classifier); give one per exit"
+        )
+    return model
+
+
+def load_data(config: TrainConfig):
+    """(dataset, splits {"train", "val", "test"}) exactly as the run with this config used them."""
+    from repro.data import load_dataset, make_splits
+
+    data_dir = Path(config.data_dir) if config.data_dir else None
+    dataset = load_dataset(config.dataset, data_dir=data_dir, seed=config.split_seed)
+    splits = make_splits(dataset, val_fraction=config.val_fraction, seed=config.split_seed, subset=config.subset)
+    return dataset, splits
+
+
+@dataclass
+class LoadedRun:
+    config: TrainConfig
+    model: torch.nn.Module  # best weights (checkpoint.pt), eval mode, on the requested device
+    splits: dict  # {"train", "val", "test"}: (images uint8 [N, C, H, W], labels int64 [N]) on the CPU
+    dataset: object  # repro.data.ImageDataset
+    run: rundir.RunDir
+    epoch: int  # the epoch the checkpoint was saved after (1-based)
+    val_loss: float  # its validation loss
+
+
+def load_checkpoint(run: rundir.RunDir) -> dict:
+    """checkpoint.pt of a run, checked for the keys every checkpoint has."""
+    path = rundir.require_checkpoint(run)
+    checkpoint = rundir.load_torch(path, f"checkpoint of run {run.path}")
+    if not isinstance(checkpoint, dict) or not {"model", "config", "epoch", "val_loss"} <= set(checkpoint):
+        raise ReproError(f"{path} is not a repro checkpoint (it lacks model/config/epoch/val_loss)")
+    return checkpoint
+
+
+def load_run(run_dir, device: str | torch.device = "cpu") -> LoadedRun:
+    """A trained run: its config, the best weights in eval mode on `device`, its splits and data set."""
+    run = rundir.open_run(Path(run_dir))
+    checkpoint = load_checkpoint(run)
+    config = TrainConfig.from_dict(checkpoint["config"])
+    dataset, splits = load_data(config)
+    model = build_model(config, dataset)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ReproError(f"checkpoint of run {run.path} does not fit the model its config describes ({first[:160]})") from None
+    model.to(device).eval()
+    return LoadedRun(config, model, splits, dataset, run, int(checkpoint["epoch"]), float(checkpoint["val_loss"]))

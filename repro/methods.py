@@ -1,0 +1,322 @@
+"""Training methods for multi-exit networks: each method is a loss over the model's outputs.
+
+One training loop (repro.trainer) serves every method (STYLE.md, principle 4). A method turns a
+`MultiExitOutput` (logits of every exit, shallow to final, and the learned gates of the early exits) into
+a scalar loss and a few logged terms, and says how its own output and its exit criterion are defined.
+Exits are indexed b = 0..E-1 (E-1 is the final classifier); c_b is the cumulative cost of leaving at
+exit b divided by the final exit's (`model.costs.relative()`, so c_{E-1} = 1).
+
+- `baseline`: the network without exits (built with exits=[]), cross-entropy on its only output.
+- `bnet` (BranchyNet, Teerapittayanon et al. 2016): sum_b alpha_b CE(f_b); alphas default to all 1.
+  Inference criterion: normalised entropy (entropy / log C) at or below a threshold.
+- `proposed` (Scardapane et al., ICASSP 2020, Eqs. 4-7): learned gates g_b in (0, 1); a soft output
+  built from the final classifier back to exit 0,
+      f~_{E-1} = f_{E-1},   f~_b = g_b f_b + (1 - g_b) f~_{b+1},
+  and an expected cost built the same way,
+      C~_{E-1} = 1,         C~_b = g_b c_b + (1 - g_b) C~_{b+1};
+  loss = NLL(f~_0) + lambda * mean_batch(C~_0) [+ w * sum_b CE(f_b) with `joint_weight` w].
+  Inference criterion: gate at or above a threshold.
+- `report-proposed` (the reproduction report's "Proposed"): no learned gate; g_b = 1 - normalised
+  entropy of f_b; soft output NLL + joint per-exit CE (w = 1 by default). Criterion: entropy.
+- `report-maxprob` (the report's "Prop+DifferentCriterion"): g_b = top softmax probability of f_b;
+  soft output NLL + joint per-exit CE. Criterion: top probability.
+
+Choices the paper leaves open, and how they are made here (each alternative is one option away):
+- What is mixed (`mix`). Default "probs": f_b are the exits' class probabilities, as the paper's
+  equations read (a mixture of classifiers, so f~_0 is a proper distribution). It is computed in log
+  space, log f~_b = logsumexp(log g_b + log_softmax(f_b), log(1 - g_b) + log f~_{b+1}), so it cannot
+  underflow, with log g and log(1 - g) taken as logsigmoid(+-z) of the gate's logit z when the model
+  exposes one (`gate_logits`), else as the log of the gate clamped to [1e-12, 1]. `mix="logits"` mixes
+  the raw logits instead and applies softmax to f~_0 (as one implementation from the authors' lab did).
+- The cost weight lambda (`cost_weight`), default 0.1. Not tuned; chosen by reading the loss's units:
+  the cost term is a fraction of the full network's MACs in [c_0, 1], the soft-output NLL is in nats,
+  so lambda is "nats of NLL the network would give up to save all of its compute". For VGG-13 with
+  the report's nine exits, C~_0 at initialisation (gates near 0.5) is 0.31, so the cost term starts at
+  0.03 against an NLL of log 10 = 2.3 nats: it tips the balance between exits that classify about
+  equally well instead of dominating the loss. A lambda that made the two terms equal at
+  initialisation (about 7) would pay 7 x (1 - 0.18) = 5.7 nats for moving a sample from the final
+  exit to exit 0 (c_0 = 0.18), more than any realistic NLL gap between the two, so every sample would
+  be pushed out at exit 0. 0.1 was not tuned on any data set; sweep `--cost-weight` to trade accuracy
+  for cost.
+- `joint_weight` w (sum of per-exit CE added to the soft-output loss). Default 0 for `proposed` (the
+  paper's loss has no such term) and 1 for the report's variants (the report trains them jointly).
+- Whether the report variants' confidence gates are detached (`detach_confidence`), default False:
+  the point of the soft output is that its gradient reaches the confidence, so an exit is rewarded for
+  being confident where it is right and unsure where it is wrong; detaching turns the soft-output term
+  into a per-sample weighted CE that cannot shape the confidences. With it False, a network could
+  lower the soft-output term by making early exits uniformly unsure; the joint per-exit CE (w = 1)
+  is what prevents that. `--detach-confidence` reproduces the detached reading.
+- Label smoothing (`label_smoothing` eps, default 0) applies to every CE/NLL term alike:
+  (1 - eps) * (-log p_y) + eps * mean_c(-log p_c).
+- Logged "gate" per early exit and the "expected cost": the g_b each method mixes with (learned gate;
+  1 - normalised entropy; top probability). `bnet` mixes nothing, so it reports the same quantities
+  with its criterion's confidence, 1 - normalised entropy; `baseline` has no gates and cost 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from repro.criteria import max_probability, normalised_entropy
+from repro.errors import ReproError, check_name
+
+MIXES = ("probs", "logits")
+# Floor for a gate value before taking its log when the gate's logit is not available: log(1e-12) = -27.6,
+# far below any log-probability that matters and far above float32's smallest normal number.
+GATE_FLOOR = 1e-12
+DEFAULT_COST_WEIGHT = 0.1
+
+
+def nll(log_probs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean negative log-likelihood of `targets` under log-probabilities [N, C], optionally label-smoothed."""
+    picked = -log_probs.gather(1, targets[:, None]).squeeze(1)
+    if label_smoothing == 0.0:
+        return picked.mean()
+    return ((1.0 - label_smoothing) * picked - label_smoothing * log_probs.mean(dim=1)).mean()
+
+
+def _log_gate_pair(gate: torch.Tensor, gate_logit: torch.Tensor | None):
+    """(log g, log(1 - g)) of one exit's gate [N], exactly from its logit when there is one."""
+    if gate_logit is not None:
+        z = gate_logit.float()
+        return F.logsigmoid(z), F.logsigmoid(-z)
+    g = gate.float()
+    return g.clamp(GATE_FLOOR, 1.0).log(), (1.0 - g).clamp(GATE_FLOOR, 1.0).log()
+
+
+def soft_log_probs(logits: Sequence[torch.Tensor], log_gates: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """log f~_0 [N, C] of the probability mixture f~_b = g_b f_b + (1 - g_b) f~_{b+1}, in log space.
+
+    logits: E tensors [N, C]; log_gates: E-1 pairs (log g_b, log(1 - g_b)), each [N].
+    """
+    log_soft = torch.log_softmax(logits[-1].float(), dim=1)
+    for b in range(len(logits) - 2, -1, -1):
+        log_g, log_not_g = log_gates[b]
+        here = log_g[:, None] + torch.log_softmax(logits[b].float(), dim=1)
+        later = log_not_g[:, None] + log_soft
+        log_soft = torch.logaddexp(here, later)
+    return log_soft
+
+
+def soft_logits(logits: Sequence[torch.Tensor], gates: Sequence[torch.Tensor]) -> torch.Tensor:
+    """f~_0 [N, C] of the logit mixture f~_b = g_b f_b + (1 - g_b) f~_{b+1} (`mix="logits"`)."""
+    soft = logits[-1].float()
+    for b in range(len(logits) - 2, -1, -1):
+        g = gates[b].float()[:, None]
+        soft = g * logits[b].float() + (1.0 - g) * soft
+    return soft
+
+
+def expected_cost(gates: Sequence[torch.Tensor], relative_costs: torch.Tensor) -> torch.Tensor:
+    """C~_0 per sample [N]: C~_{E-1} = 1 and C~_b = g_b c_b + (1 - g_b) C~_{b+1} (c = relative cost)."""
+    if not gates:
+        return torch.ones(())  # a network without early exits always pays its full cost
+    costs = relative_costs.to(gates[0].device, torch.float32)
+    cost = torch.ones_like(gates[-1], dtype=torch.float32)
+    for b in range(len(gates) - 1, -1, -1):
+        g = gates[b].float()
+        cost = g * costs[b] + (1.0 - g) * cost
+    return cost
+
+
+def exit_cross_entropies(logits: Sequence[torch.Tensor], targets: torch.Tensor, label_smoothing: float) -> list[torch.Tensor]:
+    return [nll(torch.log_softmax(f.float(), dim=1), targets, label_smoothing) for f in logits]
+
+
+@dataclass
+class Method:
+    """Base class: a loss over a MultiExitOutput, the method's own output, and its exit criterion."""
+
+    name: ClassVar[str]
+    criterion: ClassVar[str | None]
+    uses_exits: ClassVar[bool] = True
+    label_smoothing: float = 0.0  # eps of every CE/NLL term, in [0, 1)
+
+    # -- the one thing each method defines
+    def compute(self, out, targets: torch.Tensor, relative_costs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, {term: 0-dim detached tensor}). The trainer uses this to avoid a GPU sync per step."""
+        raise NotImplementedError
+
+    def loss(self, out, targets: torch.Tensor, relative_costs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """(scalar loss to minimise, {term name: float}) for one batch."""
+        loss, terms = self.compute(out, targets, relative_costs)
+        return loss, {name: float(value) for name, value in terms.items()}
+
+    def confidence_gates(self, out) -> list[torch.Tensor]:
+        """The g_b [N] (b = 0..E-2) this method mixes with, or reports for logging."""
+        return [1.0 - normalised_entropy(f) for f in out.logits[:-1]]
+
+    def method_log_probs(self, out) -> torch.Tensor:
+        return torch.log_softmax(out.logits[-1].float(), dim=1)
+
+    def method_probs(self, out) -> torch.Tensor:
+        """Class probabilities [N, C] of the method's own output (f~_0 for soft-output methods, else the final exit)."""
+        return self.method_log_probs(out).exp()
+
+    def expected_cost(self, out, relative_costs: torch.Tensor) -> torch.Tensor:
+        """Per-sample expected relative cost C~_0 [N] under this method's gates (1 without exits)."""
+        gates = [g.detach() for g in self.confidence_gates(out)]
+        if not gates:
+            return torch.ones(out.logits[-1].shape[0], device=out.logits[-1].device)
+        return expected_cost(gates, relative_costs)
+
+
+@dataclass
+class Baseline(Method):
+    name: ClassVar[str] = "baseline"
+    criterion: ClassVar[str | None] = None
+    uses_exits: ClassVar[bool] = False
+
+    def compute(self, out, targets, relative_costs):
+        loss = nll(torch.log_softmax(out.logits[-1].float(), dim=1), targets, self.label_smoothing)
+        return loss, {"ce_final": loss.detach()}
+
+    def confidence_gates(self, out):
+        return []
+
+
+@dataclass
+class BranchyNet(Method):
+    name: ClassVar[str] = "bnet"
+    criterion: ClassVar[str | None] = "entropy"
+    alphas: tuple[float, ...] | None = None  # weight of each exit's CE, shallow to final; None = all 1
+
+    def compute(self, out, targets, relative_costs):
+        exit_ce = exit_cross_entropies(out.logits, targets, self.label_smoothing)
+        alphas = self.alphas if self.alphas is not None else (1.0,) * len(exit_ce)
+        if len(alphas) != len(exit_ce):
+            raise ReproError(f"bnet got {len(alphas)} alphas for a model with {len(exit_ce)} exits; give one per exit (final included)")
+        loss = sum(a * ce for a, ce in zip(alphas, exit_ce))
+        return loss, {f"ce_exit{b}": ce.detach() for b, ce in enumerate(exit_ce)}
+
+
+@dataclass
+class SoftOutputMethod(Method):
+    """Shared by `proposed` and the report's variants: a soft output over exits plus optional terms."""
+
+    mix: str = "probs"  # "probs": mix class probabilities (log space); "logits": mix raw logits
+    joint_weight: float = 0.0  # w of w * sum_b CE(f_b)
+
+    def log_gate_pairs(self, out) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def method_log_probs(self, out):
+        if self.mix == "logits":
+            return torch.log_softmax(soft_logits(out.logits, self.confidence_gates(out)), dim=1)
+        return soft_log_probs(out.logits, self.log_gate_pairs(out))
+
+    def extra_terms(self, out, relative_costs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return torch.zeros((), device=out.logits[-1].device), {}
+
+    def compute(self, out, targets, relative_costs):
+        soft_nll = nll(self.method_log_probs(out), targets, self.label_smoothing)
+        exit_ce = exit_cross_entropies(out.logits, targets, self.label_smoothing)
+        extra, terms = self.extra_terms(out, relative_costs)
+        loss = soft_nll + extra
+        if self.joint_weight:
+            loss = loss + self.joint_weight * sum(exit_ce)
+        logged = {"soft_nll": soft_nll.detach(), **terms}
+        logged.update({f"ce_exit{b}": ce.detach() for b, ce in enumerate(exit_ce)})
+        return loss, logged
+
+
+@dataclass
+class Proposed(SoftOutputMethod):
+    name: ClassVar[str] = "proposed"
+    criterion: ClassVar[str | None] = "gate"
+    cost_weight: float = DEFAULT_COST_WEIGHT  # lambda: nats of NLL per unit of relative cost
+
+    def confidence_gates(self, out):
+        return list(out.gates)
+
+    def log_gate_pairs(self, out):
+        gate_logits = getattr(out, "gate_logits", None)
+        return [_log_gate_pair(g, None if gate_logits is None else gate_logits[b]) for b, g in enumerate(out.gates)]
+
+    def extra_terms(self, out, relative_costs):
+        cost = expected_cost(list(out.gates), relative_costs).mean()
+        return self.cost_weight * cost, {"expected_cost": cost.detach()}
+
+
+@dataclass
+class ReportProposed(SoftOutputMethod):
+    name: ClassVar[str] = "report-proposed"
+    criterion: ClassVar[str | None] = "entropy"
+    joint_weight: float = 1.0
+    detach_confidence: bool = False  # stop the soft output's gradient at the confidence gates
+
+    def confidence_gates(self, out):
+        gates = [1.0 - normalised_entropy(f) for f in out.logits[:-1]]
+        return [g.detach() for g in gates] if self.detach_confidence else gates
+
+    def log_gate_pairs(self, out):
+        return [_log_gate_pair(g, None) for g in self.confidence_gates(out)]
+
+
+@dataclass
+class ReportMaxProb(ReportProposed):
+    name: ClassVar[str] = "report-maxprob"
+    criterion: ClassVar[str | None] = "maxprob"
+
+    def confidence_gates(self, out):
+        gates = [max_probability(f) for f in out.logits[:-1]]
+        return [g.detach() for g in gates] if self.detach_confidence else gates
+
+    def log_gate_pairs(self, out):
+        pairs = []
+        for f in out.logits[:-1]:
+            # log of the top probability is exact in log space; log(1 - p) via log(-expm1(log p)).
+            log_p = torch.log_softmax(f.float(), dim=1).amax(dim=1)
+            if self.detach_confidence:
+                log_p = log_p.detach()
+            log_not_p = torch.log(-torch.expm1(log_p)).clamp_min(math.log(GATE_FLOOR))
+            pairs.append((log_p, log_not_p))
+        return pairs
+
+
+_METHODS: dict[str, type[Method]] = {m.name: m for m in (Baseline, BranchyNet, Proposed, ReportProposed, ReportMaxProb)}
+
+
+def list_methods() -> list[str]:
+    return list(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    return _METHODS[check_name("method", name, _METHODS)]
+
+
+def get_method(name: str, **options) -> Method:
+    """The method `name` with its options (label_smoothing, alphas, mix, joint_weight, cost_weight,
+    detach_confidence). Options a method does not use are an error: pass only the ones it takes
+    (`method_options(name, ...)` filters a full set)."""
+    cls = method_class(name)
+    accepted = method_option_names(name)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ReproError(f"method {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted)) or 'none'}")
+    options = {k: v for k, v in options.items() if v is not None}
+    if "alphas" in options:
+        options["alphas"] = tuple(float(a) for a in options["alphas"])
+    if "mix" in options:
+        check_name("mix", options["mix"], MIXES)
+    return cls(**options)
+
+
+def method_option_names(name: str) -> set[str]:
+    return {f.name for f in fields(method_class(name))}
+
+
+def method_options(name: str, **all_options) -> dict:
+    """The subset of `all_options` that method `name` takes (used to build a method from a full config)."""
+    accepted = method_option_names(name)
+    return {k: v for k, v in all_options.items() if k in accepted}
+
+
+def default_joint_weight(name: str) -> float:
+    cls = method_class(name)
+    return cls.joint_weight if issubclass(cls, SoftOutputMethod) else 0.0
