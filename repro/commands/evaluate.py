@@ -1,10 +1,101 @@
-"""`repro evaluate` (being built)."""
+"""`repro eval RUN`: every exit's accuracy and cost, the default operating point, and (--timing) real latencies."""
 
-from repro.console import cli_errors
-from repro.errors import ReproError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from repro.console import cli_errors, console
 
 
 @cli_errors
-def evaluate():
-    """Not built yet."""
-    raise ReproError("not built yet")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="The run directory (holds config.json and checkpoint.pt).", show_default=False)],
+    timing: Annotated[bool, typer.Option("--timing", help="Also time plain, full and early-exit inference (timing.json).")] = False,
+    timing_images: Annotated[int, typer.Option("--timing-images", help="Test images to time.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch for evaluation and batched timing.")] = 256,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads while timing (default: torch's); 1 is steadier on a busy machine.")
+    ] = None,
+):
+    """Run every exit once over val and test: RUN/outputs.pt and RUN/eval.json (and RUN/timing.json)."""
+    from repro import rundir
+    from repro.environment import select_device
+    from repro.evaluation import evaluate_run
+
+    run_dir = rundir.open_run(run)
+    rundir.require_checkpoint(run_dir)
+    resolved = str(select_device(device))
+    summary = evaluate_run(run_dir, batch_size=batch_size, device=resolved)
+    console.print(exit_table(summary))
+    console.print(f"wrote {run_dir.file(rundir.OUTPUTS)}, {run_dir.file(rundir.EVAL)}", highlight=False)
+    if timing:
+        from repro.timing import time_run
+
+        result = time_run(run_dir, n_images=timing_images, batch_size=batch_size, device=resolved, threads=threads)
+        console.print(timing_table(result))
+        console.print(f"wrote {run_dir.file(rundir.TIMING)}", highlight=False)
+
+
+def exit_table(summary: dict):
+    """Per-exit cost and accuracy, then the method's output and the operating point."""
+    from rich.table import Table
+
+    point = summary["operating_point"]
+    table = Table(
+        title=f"{summary['run']}: {summary['model']} / {summary['method']} / {summary['dataset']}",
+        caption=f"operating point: {point['how']}",
+    )
+    for column in ("exit", "MACs (M)", "x plain", "val acc", "test acc", "test mean gate"):
+        table.add_column(column, justify="right")
+    plain = summary["plain_macs"]
+    gates = summary["test"]["mean_gate"]
+    for b, macs in enumerate(summary["exit_macs"]):
+        table.add_row(
+            str(b) if b < summary["num_exits"] - 1 else f"{b} (final)",
+            f"{macs / 1e6:.2f}",
+            f"{macs / plain:.3f}",
+            f"{summary['val']['exit_accuracy'][b]:.2%}",
+            f"{summary['test']['exit_accuracy'][b]:.2%}",
+            f"{gates[b]:.3f}" if gates is not None and b < len(gates) else "",
+        )
+    table.add_section()
+    table.add_row("method output", "", "", f"{summary['val']['method_accuracy']:.2%}", f"{summary['test']['method_accuracy']:.2%}", "")
+    name = point["criterion"] or "final exit"
+    table.add_row(
+        f"early exit ({name})",
+        f"{point['test']['mean_macs'] / 1e6:.2f}",
+        f"{point['test']['mean_macs'] / plain:.3f}",
+        f"{point['val']['accuracy']:.2%}",
+        f"{point['test']['accuracy']:.2%}",
+        f"{point['test']['macs_speedup']:.2f}x speed-up",
+    )
+    return table
+
+
+def timing_table(timing: dict):
+    from rich.table import Table
+
+    table = Table(
+        title=f"latency over {timing['n_images']} test images on {timing['device']}",
+        caption=(
+            f"measured speed-up {timing['measured_speedup']['batch1']:.2f}x (batch 1), "
+            f"{timing['measured_speedup']['batched']:.2f}x (batch {timing['batch_size']}); "
+            f"MAC-predicted {timing['macs_speedup']:.2f}x"
+        ),
+    )
+    for column in ("path", "mean ms", "median ms", "p95 ms", f"ms/image at batch {timing['batch_size']}"):
+        table.add_column(column, justify="right")
+    for name in ("plain", "full", "early_exit"):
+        single = timing["batch1"][name]
+        table.add_row(
+            name.replace("_", " "),
+            f"{single['mean_ms']:.3f}",
+            f"{single['median_ms']:.3f}",
+            f"{single['p95_ms']:.3f}",
+            f"{timing['batched'][name]['ms_per_image']:.3f}",
+        )
+    return table

@@ -1,0 +1,214 @@
+"""`repro eval` on tiny runs: outputs.pt reproduces the per-exit accuracies, the skipping inference paths
+agree with the sweep at the same thresholds, --timing writes its figures, and bad input is one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from repro import criteria, rundir, sweep
+from repro.cli import app
+
+runner = CliRunner()
+# A VGG-13 at 1/8 width on a small class-balanced subset of the built-in synthetic data: seconds on a CPU.
+TINY = dict(model="vgg13", dataset="synthetic", subset=300, width=0.125, batch_size=64, seed=0)
+
+
+def train_tiny(path: Path, method: str, epochs: int = 1) -> rundir.RunDir:
+    from repro import trainer
+    from repro.config import TrainConfig
+
+    config = TrainConfig.from_recipe("report", method=method, epochs=epochs, **TINY)
+    run = trainer.start_run(config, path)
+    trainer.fit(config, run)
+    return run
+
+
+def untrained_run(path: Path, method: str) -> rundir.RunDir:
+    """config.json + checkpoint.pt of a freshly initialised model: a run that was never trained."""
+    import dataclasses
+
+    from repro.build import build_model
+    from repro.config import TrainConfig
+
+    config = TrainConfig.from_recipe("report", method=method, epochs=1, **TINY)
+    # The synthetic data set's shapes, given directly (generating it takes a while on a busy CPU).
+    config = dataclasses.replace(config, num_classes=10, in_channels=3, image_size=32)
+    torch.manual_seed(0)
+    model = build_model(config)
+    run = rundir.create_run_dir(path)
+    rundir.write_json(run.file(rundir.CONFIG), config.to_dict())
+    rundir.save_torch(run.file(rundir.CHECKPOINT), {"model": model.state_dict(), "config": config.to_dict(), "epoch": 1, "val_loss": 0.0})
+    return run
+
+
+@pytest.fixture(scope="module")
+def proposed_run(tmp_path_factory):
+    run = train_tiny(tmp_path_factory.mktemp("runs") / "vgg13-proposed", "proposed")
+    # Eval and timing in one call (8 images, batches of 4): loading the run is the slow part on a CPU.
+    command = ["eval", str(run.path), "--device", "cpu", "--batch-size", "4", "--timing", "--timing-images", "8"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture(scope="module")
+def loaded(proposed_run):
+    """The trained run loaded once (rebuilding the synthetic data set takes a second each time)."""
+    from repro.build import load_run
+
+    return load_run(proposed_run.path)
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_outputs_have_the_contract_structure(proposed_run, loaded):
+    outputs = torch.load(proposed_run.file(rundir.OUTPUTS), weights_only=True)
+    assert set(outputs) == {"exit_macs", "checkpoint_sha256", "splits"}
+    assert outputs["checkpoint_sha256"] == rundir.file_sha256(proposed_run.file(rundir.CHECKPOINT))
+    num_exits = loaded.model.num_exits
+    assert outputs["exit_macs"].tolist() == pytest.approx(list(loaded.model.costs.cumulative_macs))
+    for name in ("val", "test"):
+        split = outputs["splits"][name]
+        images, labels = loaded.splits[name]
+        assert set(split) == {"logits", "gates", "targets"}
+        assert split["logits"].shape == (num_exits, len(labels), 10) and split["logits"].dtype == torch.float32
+        assert split["gates"].shape == (num_exits - 1, len(labels))  # proposed: learned gates are stored
+        assert torch.equal(split["targets"], labels)
+
+
+def test_eval_json_reproduces_exit_accuracies_from_outputs(proposed_run, loaded):
+    from repro.data import DeviceLoader
+    from repro.methods import get_method
+
+    summary = json.loads(proposed_run.file(rundir.EVAL).read_text())
+    outputs = torch.load(proposed_run.file(rundir.OUTPUTS), weights_only=True)
+    method = get_method(loaded.config.method, **loaded.config.method_options())
+    for name in ("val", "test"):
+        split = outputs["splits"][name]
+        # Independent count from the stored logits.
+        counted = [(split["logits"][b].argmax(1) == split["targets"]).sum().item() / len(split["targets"]) for b in range(10)]
+        assert summary[name]["exit_accuracy"] == counted
+        assert summary[name]["final_accuracy"] == counted[-1] and summary[name]["n"] == len(split["targets"])
+        assert summary[name]["mean_gate"] == pytest.approx(split["gates"].double().mean(1).tolist(), rel=1e-9)
+        # The stored logits are the model's, and the method accuracy is its soft output's.
+        images, labels = loaded.splits[name]
+        x, y = next(iter(DeviceLoader(images, labels, len(labels), "cpu", loaded.dataset.mean, loaded.dataset.std)))
+        with torch.inference_mode():
+            out = loaded.model(x)
+        assert torch.allclose(torch.stack(out.logits), split["logits"], atol=1e-4)
+        assert summary[name]["method_accuracy"] == (method.method_probs(out).argmax(1) == y).double().mean().item()
+    assert summary["num_exits"] == 10 and len(summary["exit_params"]) == 10
+    assert summary["plain_macs"] == loaded.model.costs.plain_macs
+    # Default operating point of a gate method: gate >= 0.5, equal to the sweep at 0.5.
+    point = summary["operating_point"]
+    assert point["criterion"] == "gate" and point["thresholds"] == [0.5] * 9
+    val = sweep.SplitOutputs(outputs["splits"]["test"]["logits"], outputs["splits"]["test"]["gates"], outputs["splits"]["test"]["targets"])
+    at_half = sweep.operating_points("gate", [0.5], val, outputs["exit_macs"], summary["plain_macs"]).point(0)
+    assert point["test"] == pytest.approx(at_half)
+
+
+@pytest.mark.parametrize("criterion", ["gate", "entropy", "maxprob"])
+def test_skipping_paths_equal_the_sweep(proposed_run, loaded, criterion):
+    from repro.data import DeviceLoader
+    from repro.models.inference import early_exit_batched, early_exit_single
+
+    outputs = torch.load(proposed_run.file(rundir.OUTPUTS), weights_only=True)
+    test = outputs["splits"]["test"]
+    split = sweep.SplitOutputs(test["logits"], test["gates"], test["targets"])
+    images, labels = loaded.splits["test"]
+    x, _ = next(iter(DeviceLoader(images, labels, len(labels), "cpu", loaded.dataset.mean, loaded.dataset.std)))
+    # Per exit, halfway between the two middle distinct scores: samples leave at several exits, and no
+    # threshold sits on a score, where batch-size-dependent float rounding could flip a decision.
+    score = criteria.scores(criterion, split.logits, split.gates).double()
+    thresholds = []
+    for row in score:
+        distinct = torch.unique(row)
+        middle = len(distinct) // 2
+        thresholds.append(((distinct[middle - 1] + distinct[middle]) / 2).item())
+    thresholds = torch.tensor(thresholds, dtype=torch.float64)
+    points = sweep.operating_points(criterion, thresholds[None], split, outputs["exit_macs"], 1.0)
+    batched = early_exit_batched(loaded.model, x, criterion, thresholds, batch_size=16)
+    ref_exits, ref_predictions = criteria.select_exits(criterion, thresholds, split.logits, split.gates)
+    assert torch.equal(batched.exits, ref_exits) and torch.equal(batched.predictions, ref_predictions)
+    assert (batched.predictions == split.targets).double().mean().item() == points.accuracy.item()
+    assert (torch.bincount(batched.exits, minlength=10).double() / len(x)).tolist() == points.exit_fractions[0].tolist()
+    assert batched.macs.mean().item() == pytest.approx(points.mean_macs.item(), rel=1e-12)
+    single = early_exit_single(loaded.model, x[:12], criterion, thresholds)
+    assert torch.equal(single.exits, ref_exits[:12]) and torch.equal(single.predictions, ref_predictions[:12])
+    assert len(set(ref_exits.tolist())) >= 2
+
+
+def test_timing_writes_its_figures(proposed_run):
+    timing = json.loads(proposed_run.file(rundir.TIMING).read_text())
+    assert timing["device"].startswith("cpu: ") and timing["n_images"] == 8 and timing["batch_size"] == 4
+    assert timing["operating_point"] == {"criterion": "gate", "thresholds": [0.5] * 9}
+    for path in ("plain", "full", "early_exit"):
+        stats = timing["batch1"][path]
+        assert 0 < stats["median_ms"] <= stats["p95_ms"] and stats["mean_ms"] > 0
+        assert timing["batched"][path]["ms_per_image"] > 0
+    assert timing["measured_speedup"]["batch1"] == pytest.approx(timing["batch1"]["plain"]["mean_ms"] / timing["batch1"]["early_exit"]["mean_ms"])
+    # The timed early exits are those of the stored outputs at the operating point, on the first 8 test images.
+    outputs = torch.load(proposed_run.file(rundir.OUTPUTS), weights_only=True)
+    test = outputs["splits"]["test"]
+    exits, predictions = criteria.select_exits("gate", 0.5, test["logits"][:, :8], test["gates"][:, :8])
+    assert timing["early_exit_accuracy"] == (predictions == test["targets"][:8]).double().mean().item()
+    assert timing["exit_fractions"] == (torch.bincount(exits, minlength=10).double() / 8).tolist()
+    summary = json.loads(proposed_run.file(rundir.EVAL).read_text())
+    expected = summary["plain_macs"] / outputs["exit_macs"].double()[exits].mean().item()
+    assert timing["macs_speedup"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_entropy_method_and_baseline_operating_points(tmp_path):
+    bnet = untrained_run(tmp_path / "bnet", "bnet")
+    assert invoke("eval", bnet.path, "--device", "cpu").exit_code == 0
+    summary = json.loads(bnet.file(rundir.EVAL).read_text())
+    point = summary["operating_point"]
+    assert point["criterion"] == "entropy" and point["how"] == "calibrated on val, max drop 1.0 points"
+    assert len(point["thresholds"]) == 9 and point["val"]["accuracy"] >= summary["val"]["final_accuracy"] - 0.01 - 1e-12
+    assert torch.load(bnet.file(rundir.OUTPUTS), weights_only=True)["splits"]["val"]["gates"] is None
+
+    baseline = untrained_run(tmp_path / "baseline", "baseline")
+    result = invoke("eval", baseline.path, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(baseline.file(rundir.EVAL).read_text())
+    point = summary["operating_point"]
+    assert summary["num_exits"] == 1 and point["criterion"] is None and point["thresholds"] == []
+    assert point["test"]["exit_fractions"] == [1.0] and point["test"]["accuracy"] == summary["test"]["final_accuracy"]
+    assert point["test"]["macs_speedup"] == summary["plain_macs"] / summary["exit_macs"][0]
+    assert summary["test"]["mean_gate"] is None
+
+
+def test_bad_input(tmp_path, proposed_run):
+    # No checkpoint: train it first, with the command.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    rundir.write_json(bare / rundir.CONFIG, {"model": "vgg13"})
+    result = invoke("eval", bare)
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "train it first" in text and "repro train" in text and "Traceback" not in text
+    result = invoke("eval", tmp_path / "missing")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = invoke("eval", proposed_run.path, "--device", "tpu")
+    assert result.exit_code == 2 and "unknown device 'tpu'" in result.output
+    # --timing after the checkpoint changed: eval.json is stale, refuse with the command to recompute.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in (rundir.CONFIG, rundir.CHECKPOINT, rundir.EVAL, rundir.OUTPUTS):
+        (copy / name).write_bytes(proposed_run.file(name).read_bytes())
+    checkpoint = torch.load(copy / rundir.CHECKPOINT, weights_only=True)
+    checkpoint["epoch"] = 2
+    rundir.save_torch(copy / rundir.CHECKPOINT, checkpoint)
+    from repro.timing import time_run
+
+    with pytest.raises(Exception, match=f"recompute it with `repro eval {copy}`"):
+        time_run(rundir.RunDir(copy), n_images=2)
+    result = invoke("sweep", copy)
+    assert result.exit_code == 1 and "another checkpoint" in result.output
