@@ -1,10 +1,37 @@
-"""`repro report` (being built)."""
+"""`repro report RUN_OR_FOLDER... [--out reports/NAME] [--reference FILE ...]`: Tables 1-2, figures, references."""
 
-from repro.console import cli_errors
-from repro.errors import ReproError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from repro.console import cli_errors, console
 
 
 @cli_errors
-def report():
-    """Not built yet."""
-    raise ReproError("not built yet")
+def report(
+    paths: Annotated[list[Path], typer.Argument(metavar="RUN_OR_FOLDER...", help="Run directories, or folders to search for runs.", show_default=False)],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Report folder (report.md, figures, report.html); replaced if it holds a report.")
+    ] = Path("reports/latest"),
+    reference: Annotated[
+        list[Path] | None,
+        typer.Option("--reference", "-r", help="Another reference-number file (the format of repro/report/references.json); repeatable."),
+    ] = None,
+):
+    """Render the runs' results beside the reference numbers: report.md with PNG figures, and a self-contained report.html."""
+    from repro.report import build_report
+
+    result = build_report(paths, out, references=reference or [])
+    console.print(
+        f"Report of {result.runs} run(s) in {result.groups} group(s) written to [bold]{result.out}[/]: "
+        f"{result.markdown.name}, {result.html.name} and {len(result.figures)} figure(s).",
+        highlight=False,
+    )
+    if result.missing:
+        console.print(f"[yellow]{len(result.missing)} result(s) are missing[/] (dashes in the tables); to fill them:", highlight=False)
+        for command in dict.fromkeys(item.command for item in result.missing):
+            console.print(f"  {command}", markup=False, highlight=False)
+    console.print(f"Open {result.html}", markup=False, highlight=False)

@@ -1,0 +1,392 @@
+"""Collect run directories into groups of seeds and aggregate them (mean ± std with n).
+
+A group is every run whose config.json agrees on every key except the seed and the bookkeeping keys
+in `NOT_GROUPED` (run directory, name, device): runs that differ in anything else (learning rate, epochs,
+subset, width, data source, ...) are never averaged together; they become separate rows, told apart by
+the keys in which they differ (`Group.variant`). Standard deviations are sample standard deviations
+(ddof = 1) over seeds, so a group of one run has a mean and no spread.
+
+Everything is read through repro.rundir. A missing or unreadable file never stops the report: it becomes
+a `Missing` item carrying the command that would produce it, and the cells that need it stay empty.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from repro import rundir
+from repro.errors import ReproError
+
+# Config keys that name or place a run rather than define the experiment; with `seed` they are ignored when grouping.
+NOT_GROUPED = ("seed", "run_dir", "name", "device")
+# Display order of our methods (the report's rows follow the same order); unknown methods sort after, by name.
+METHOD_ORDER = ("baseline", "bnet", "proposed", "report-proposed", "report-maxprob")
+DATASET_ORDER = ("cifar10", "cifar100", "cinic10", "fashion-mnist", "synthetic", "imagefolder")
+DATASET_LABELS = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "cinic10": "CINIC-10",
+    "fashion-mnist": "Fashion-MNIST",
+    "synthetic": "synthetic",
+}
+MODEL_LABELS = {"vgg13": "VGG-13", "alexnet": "AlexNet", "resnet18": "ResNet-18"}
+# The CIFAR-10 JPEG copy (../shared/data/README.md): JPEG re-encodings of the official images, ~30 dB PSNR.
+JPEG_COPY_NAMES = ("cifar10-jpeg", "cifar10-jpeg.tar.gz")
+JPEG_COPY_LABEL = "CIFAR-10 (JPEG copy)"
+JPEG_COPY_NOTE = (
+    "CIFAR-10 (JPEG copy) is the official CIFAR-10 split re-encoded as JPEG (about 30 dB PSNR): its accuracies are "
+    "close to, but not, CIFAR-10 accuracies. They are shown beside the CIFAR-10 reference numbers for orientation only, "
+    "always under this label, and the difference includes the JPEG loss."
+)
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Something a run lacks (or could not be read), and the command that produces it."""
+
+    run: str  # the run directory as given
+    what: str  # the file, e.g. "timing.json"
+    why: str  # one line: "not measured yet", "is not valid JSON", ...
+    command: str  # shell command that produces it
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (ddof = 1; NaN for one value) and count of one quantity over seeds."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values) -> "Stat | None":
+        values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if not values:
+            return None
+        series = pd.Series(values, dtype="float64")
+        return cls(float(series.mean()), float(series.std(ddof=1)) if len(values) > 1 else math.nan, len(values))
+
+    def scaled(self, factor: float) -> "Stat":
+        return Stat(self.mean * factor, self.std * factor, self.n)
+
+
+@dataclass
+class DatasetInfo:
+    name: str  # config's dataset
+    label: str  # shown in the report
+    reference: str | None  # the dataset whose reference numbers apply (None: none do)
+    note: str = ""  # shown under the tables when set
+
+
+def describe_dataset(config: dict) -> DatasetInfo:
+    """How a run's dataset is labelled and which reference numbers, if any, it is compared with."""
+    name = str(config.get("dataset", "?"))
+    if name == "imagefolder":
+        root = Path(str(config.get("data_dir") or ""))
+        if root.name in JPEG_COPY_NAMES:
+            return DatasetInfo(name, JPEG_COPY_LABEL, "cifar10", JPEG_COPY_NOTE)
+        return DatasetInfo(name, f"imagefolder ({root.name or '?'})", None)
+    return DatasetInfo(name, DATASET_LABELS.get(name, name), name if name in ("cifar10", "cifar100", "cinic10") else None)
+
+
+def fill_commands(run: rundir.RunDir) -> dict[str, str]:
+    """The command that produces each file of a run, with the path quoted for a POSIX shell."""
+    path = shlex.quote(str(run.path))
+    return {
+        rundir.CHECKPOINT: f"repro train --resume {path}",
+        rundir.METRICS: f"repro train --resume {path}",
+        rundir.EVAL: f"repro eval {path}",
+        rundir.TIMING: f"repro eval {path} --timing",
+        rundir.SWEEP: f"repro sweep {path}",
+        rundir.CALIBRATION: f"repro sweep {path} --max-drop 1.0",
+    }
+
+
+WHY_ABSENT = {
+    rundir.METRICS: "no finished epoch (training has not run)",
+    rundir.EVAL: "not evaluated yet",
+    rundir.TIMING: "latency not measured yet",
+    rundir.SWEEP: "thresholds not swept yet",
+    rundir.CALIBRATION: "no threshold calibrated yet",
+}
+
+
+@dataclass
+class RunRecord:
+    """Everything the report reads from one run directory (None where a file is absent or unusable)."""
+
+    run: rundir.RunDir
+    config: dict
+    eval: dict | None = None
+    timing: dict | None = None
+    calibration: dict | None = None
+    sweep: pd.DataFrame | None = None
+    metrics: pd.DataFrame | None = None
+    missing: list[Missing] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def path(self) -> str:
+        return str(self.run.path)
+
+    @property
+    def seed(self):
+        return self.config.get("seed")
+
+    def group_key(self) -> tuple:
+        """Every config key except the seed and bookkeeping, JSON-encoded so lists and None compare exactly."""
+        return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in self.config.items() if k not in NOT_GROUPED))
+
+    @property
+    def has_exits(self) -> bool:
+        """False for a network without early exits (the baseline), which has nothing to sweep or calibrate."""
+        exits = _get(self.eval, "num_exits")
+        if isinstance(exits, int):
+            return exits > 1
+        return self.config.get("method") != "baseline" and self.config.get("exits") != []
+
+    def command(self, what: str) -> str:
+        return fill_commands(self.run)[what]
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """CSV rows -> DataFrame with numeric columns as floats (empty cells NaN); text columns of sweep.csv kept
+    (a threshold is a number or a JSON list of per-exit numbers)."""
+    frame = pd.DataFrame(rows)
+    for column in frame.columns:
+        if column in ("split", "criterion", "threshold", "exit_fractions", "pareto"):
+            continue
+        frame[column] = pd.to_numeric(frame[column].replace("", np.nan), errors="coerce")
+    return frame
+
+
+def _sweep_frame(rows: list[dict]) -> pd.DataFrame:
+    expected = ("split", "criterion", "threshold", "accuracy", "mean_macs", "macs_speedup", "exit_fractions", "pareto")
+    if rows and not set(expected) <= set(rows[0]):
+        lacking = ", ".join(c for c in expected if c not in rows[0])
+        raise ReproError(f"sweep.csv lacks the columns {lacking}")
+    frame = _frame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=list(expected))
+    frame["exit_fractions"] = [json.loads(v) if v else None for v in frame["exit_fractions"]]
+    frame["pareto"] = frame["pareto"].astype(str).str.lower().isin(("true", "1", "yes"))
+    return frame
+
+
+def read_run(run: rundir.RunDir) -> RunRecord:
+    """Read one run; a config.json that cannot be read is a ReproError, everything else becomes `missing`."""
+    record = RunRecord(run, rundir.read_config(run))
+    if not isinstance(record.config, dict):
+        raise ReproError(f"{run.file(rundir.CONFIG)} is not a JSON object")
+    commands = fill_commands(run)
+
+    def load(name: str, reader):
+        if not run.has(name):
+            record.missing.append(Missing(str(run.path), name, WHY_ABSENT[name], commands[name]))
+            return None
+        try:
+            return reader(run.file(name))
+        except (ReproError, ValueError, KeyError) as error:
+            reason = str(error).splitlines()[0][:200]
+            record.missing.append(Missing(str(run.path), name, f"unreadable ({reason})", commands[name]))
+            return None
+
+    record.metrics = load(rundir.METRICS, lambda p: _frame(rundir.read_csv(p)))
+    record.eval = load(rundir.EVAL, rundir.read_json)
+    record.timing = load(rundir.TIMING, rundir.read_json)
+    if record.has_exits or run.has(rundir.SWEEP):
+        record.sweep = load(rundir.SWEEP, lambda p: _sweep_frame(rundir.read_csv(p)))
+    if record.has_exits or run.has(rundir.CALIBRATION):
+        record.calibration = load(rundir.CALIBRATION, rundir.read_json)
+    _drop_stale(record, commands)
+    return record
+
+
+def _drop_stale(record: RunRecord, commands: dict[str, str]) -> None:
+    """eval.json (and what was derived with it) from another checkpoint than the run's is not reported."""
+    run = record.run
+    recorded = (record.eval or {}).get("checkpoint_sha256")
+    if not recorded or not run.has(rundir.CHECKPOINT):
+        return
+    if rundir.file_sha256(run.file(rundir.CHECKPOINT)) == recorded:
+        return
+    why = "computed from another checkpoint than the run's checkpoint.pt"
+    derived = {rundir.EVAL: "eval", rundir.TIMING: "timing", rundir.SWEEP: "sweep", rundir.CALIBRATION: "calibration"}
+    for name, attribute in derived.items():
+        if getattr(record, attribute) is not None:
+            record.missing.append(Missing(str(run.path), name, why, commands[name]))
+            setattr(record, attribute, None)
+
+# ---------------------------------------------------------------------------------------------- per-run values
+
+
+def _get(data, *keys):
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def run_values(record: RunRecord) -> dict:
+    """The scalar quantities of one run that the tables aggregate (accuracies as fractions, latencies in ms)."""
+    e, t = record.eval, record.timing
+    return {
+        "final_accuracy": _get(e, "test", "final_accuracy"),
+        "method_accuracy": _get(e, "test", "method_accuracy"),
+        "op_accuracy": _get(e, "operating_point", "test", "accuracy"),
+        "op_mean_macs": _get(e, "operating_point", "test", "mean_macs"),
+        "op_macs_speedup": _get(e, "operating_point", "test", "macs_speedup"),
+        "latency_ms": _get(t, "batch1", "early_exit", "mean_ms"),
+        "plain_latency_ms": _get(t, "batch1", "plain", "mean_ms"),
+        "full_latency_ms": _get(t, "batch1", "full", "mean_ms"),
+        "measured_speedup": _get(t, "measured_speedup", "batch1"),
+        "measured_speedup_batched": _get(t, "measured_speedup", "batched"),
+        "timing_macs_speedup": _get(t, "macs_speedup"),
+        "timing_accuracy": _get(t, "early_exit_accuracy"),
+        "cal_accuracy": _get(record.calibration, "test", "accuracy"),
+        "cal_macs_speedup": _get(record.calibration, "test", "macs_speedup"),
+    }
+
+
+def stack(values) -> np.ndarray | None:
+    """Equal-length lists (one per run) -> float array [runs, length]; None when there are none or they disagree."""
+    values = [v for v in values if isinstance(v, list) and v]
+    if not values or len({len(v) for v in values}) != 1:
+        return None
+    return np.asarray([[_number(x) for x in v] for v in values], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- groups
+
+
+@dataclass
+class Group:
+    """Runs that differ only in their seed."""
+
+    runs: list[RunRecord]
+    dataset: DatasetInfo
+    variant: str = ""  # the keys in which it differs from its siblings (same model x dataset x method), "" if none
+
+    @property
+    def config(self) -> dict:
+        return {k: v for k, v in self.runs[0].config.items() if k not in NOT_GROUPED}
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model", "?"))
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", "?"))
+
+    @property
+    def recipe(self) -> str:
+        return str(self.config.get("recipe", ""))
+
+    @property
+    def model_label(self) -> str:
+        return MODEL_LABELS.get(self.model, self.model)
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} [{self.variant}]" if self.variant else self.method
+
+    @property
+    def setup(self) -> str:
+        """The training settings a reader needs first: recipe, epochs, subset, width (and the seed split)."""
+        config = self.config
+        parts = [f"recipe {self.recipe}", f"{config.get('epochs', '?')} epochs"]
+        parts.append(f"subset {config['subset']}" if config.get("subset") else "full training set")
+        if config.get("width", 1.0) != 1.0:
+            parts.append(f"width {config.get('width')}")
+        return ", ".join(parts)
+
+    @property
+    def section(self) -> tuple[str, str]:
+        """The (model, dataset label) panel this group belongs to."""
+        return (self.model, self.dataset.label)
+
+    @property
+    def seeds(self) -> list:
+        return [run.seed for run in self.runs]
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def stat(self, quantity: str) -> Stat | None:
+        return Stat.of([run_values(run)[quantity] for run in self.runs])
+
+    def runs_lacking(self, quantity: str) -> list[RunRecord]:
+        return [run for run in self.runs if run_values(run)[quantity] is None]
+
+    def sort_key(self):
+        method_rank = METHOD_ORDER.index(self.method) if self.method in METHOD_ORDER else len(METHOD_ORDER)
+        dataset_rank = DATASET_ORDER.index(self.dataset.name) if self.dataset.name in DATASET_ORDER else len(DATASET_ORDER)
+        return (self.model, dataset_rank, self.dataset.label, method_rank, self.method, self.variant)
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return f"{value:g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _variants(groups: list[Group]) -> None:
+    """Name each group by the config keys in which it differs from the others of its model x dataset x method."""
+    by_cell: dict[tuple, list[Group]] = {}
+    for group in groups:
+        by_cell.setdefault((group.model, group.dataset.label, group.method), []).append(group)
+    for siblings in by_cell.values():
+        if len(siblings) < 2:
+            continue
+        keys = sorted({k for g in siblings for k in g.config})
+        differing = [k for k in keys if len({json.dumps(g.config.get(k), sort_keys=True) for g in siblings}) > 1]
+        for group in siblings:
+            group.variant = ", ".join(f"{k}={_format_value(group.config.get(k))}" for k in differing)
+
+
+@dataclass
+class Collection:
+    runs: list[RunRecord]
+    groups: list[Group]  # sorted by model, dataset, method, variant
+    skipped: list[Missing]  # runs whose config.json could not be read
+
+    @property
+    def missing(self) -> list[Missing]:
+        return self.skipped + [item for run in self.runs for item in run.missing]
+
+
+def collect(paths) -> Collection:
+    """Find the runs under `paths`, read them, and group them by everything but the seed."""
+    records, skipped = [], []
+    for run in rundir.find_runs(paths):
+        try:
+            records.append(read_run(run))
+        except ReproError as error:
+            skipped.append(Missing(str(run.path), rundir.CONFIG, f"unreadable ({error})", "repro train (a new run)"))
+    by_key: dict[tuple, list[RunRecord]] = {}
+    for record in records:
+        by_key.setdefault(record.group_key(), []).append(record)
+    groups = [Group(sorted(runs, key=lambda r: (str(r.seed), r.path)), describe_dataset(runs[0].config)) for runs in by_key.values()]
+    _variants(groups)
+    groups.sort(key=Group.sort_key)
+    return Collection(records, groups, skipped)

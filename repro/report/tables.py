@@ -1,0 +1,411 @@
+"""The report's tables as data: our numbers (mean ± std over seeds, n) with the reference numbers beside.
+
+- Table 1 (the reproduction report's Table 1): test accuracy without early exit, per model x dataset x
+  method: the final exit, and the method's own output where it differs (the soft output f~_1 of the
+  paper's gated method), each reference source's number and our difference from it in points.
+- Table 2 (the report's Table 2, done over many images): early exit at the run's operating point (eval.json):
+  test accuracy, latency per image at batch size 1 (timing.json), measured speed-up (plain-network latency /
+  early-exit latency), MAC speed-up; the references' accuracy, latency and speed-up beside, their speed-up
+  both as printed and recomputed from their times. `table2_exits`: the fraction of test images leaving at
+  each exit there.
+- Table 3: the operating point calibrated on validation for a target (calibration.json, `repro sweep`).
+
+Every cell is a `Cell`: a formatted value, or a dash with the commands that would fill it (never a guess),
+or a dash with a note saying why nothing can fill it (no reference number exists). Templates only format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from repro import rundir
+from repro.report.collect import Collection, Group, Stat, stack
+from repro.report.references import References, ReferenceSource, SPEEDUP_TOLERANCE
+
+DASH = "—"
+
+
+@dataclass
+class Cell:
+    text: str = ""  # the formatted value; "" renders as a dash
+    value: float | None = None  # the unformatted number (percent, ms or ratio), for tests and sorting
+    commands: list[str] = field(default_factory=list)  # what fills an empty (or partly filled) cell
+    note: str = ""  # why an empty cell cannot be filled, or a remark on a value
+    numeric: bool = True  # right-aligned
+    blank: bool = False  # nothing can be here (an exit this network does not have): rendered empty, not a dash
+
+    @property
+    def missing(self) -> bool:
+        return not self.text and not self.blank
+
+
+@dataclass
+class Table:
+    caption: str  # "VGG-13 · CIFAR-10"
+    columns: list[str]
+    rows: list[list[Cell]]
+    notes: list[str] = field(default_factory=list)
+    reference_labels: tuple[str, ...] = ()  # columns from these sources are shaded in HTML
+
+    @property
+    def shaded(self) -> list[bool]:
+        """Per column: does it hold a reference number (or our difference from one)?"""
+        return [any(c.startswith(f"{label} ") or c == f"Δ vs {label}" for label in self.reference_labels) for c in self.columns]
+
+    def column(self, name: str) -> list[Cell]:
+        index = self.columns.index(name)
+        return [row[index] for row in self.rows]
+
+    def row(self, label: str) -> list[Cell]:
+        """The row whose first cell reads `label` (the method, with its variant)."""
+        for row in self.rows:
+            if row[0].text == label:
+                return row
+        raise KeyError(label)
+
+    def cell(self, label: str, column: str) -> Cell:
+        return self.row(label)[self.columns.index(column)]
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+
+
+def text_cell(text: str, note: str = "") -> Cell:
+    return Cell(text=str(text), note=note, numeric=False)
+
+
+def stat_cell(stat: Stat | None, group: Group, digits: int, commands: list[str], scale: float = 1.0, suffix: str = "") -> Cell:
+    """mean ± std (ddof = 1) of a quantity over the group's seeds; '(n=k)' when only k of its runs have it."""
+    if stat is None:
+        return Cell(commands=commands)
+    stat = stat.scaled(scale)
+    text = f"{stat.mean:.{digits}f}"
+    if stat.n > 1:
+        text += f" ± {stat.std:.{digits}f}"
+    text += suffix
+    if stat.n < group.n:
+        text += f" (n={stat.n})"
+    return Cell(text=text, value=stat.mean, commands=commands if stat.n < group.n else [])
+
+
+def reference_text(value: float) -> str:
+    """A published number as printed: every decimal it has, at least two."""
+    text = f"{value:.5f}".rstrip("0")
+    whole, _, decimals = text.partition(".")
+    return f"{whole}.{decimals.ljust(2, '0')}"
+
+
+def no_reference_note(source: ReferenceSource, group: Group) -> str:
+    if group.method in source.no_row:
+        return f"{source.label}: {source.no_row[group.method]}"
+    if group.dataset.reference is None:
+        return f"{source.label}: no number for {group.dataset.label}"
+    return f"{source.label}: no number for {group.model_label} / {group.dataset.label} / {group.method}"
+
+
+def reference_cell(source: ReferenceSource, quantity: str, group: Group) -> Cell:
+    number = None
+    if group.dataset.reference is not None:
+        number = source.get(quantity, group.model, group.dataset.reference, group.method)
+    if number is None:
+        return Cell(note=no_reference_note(source, group))
+    return Cell(text=reference_text(number.value), value=number.value, note=number.where)
+
+
+def difference_cell(ours: Cell, reference: Cell) -> Cell:
+    """Ours minus the reference, in the same unit (points for accuracies)."""
+    if ours.value is None or reference.value is None:
+        return Cell()
+    delta = ours.value - reference.value
+    return Cell(text=f"{delta:+.2f}", value=delta)
+
+
+def _commands(group: Group, quantity: str, file: str) -> list[str]:
+    return [run.command(file) for run in group.runs_lacking(quantity)]
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def sections(collection: Collection) -> list[tuple[str, list[Group]]]:
+    """Groups by model x dataset (label), in display order, with a caption each."""
+    ordered: dict[tuple, list[Group]] = {}
+    for group in collection.groups:
+        ordered.setdefault(group.section, []).append(group)
+    return [(f"{groups[0].model_label} · {groups[0].dataset.label}", groups) for groups in ordered.values()]
+
+
+def _section_notes(groups: list[Group], references: References) -> list[str]:
+    notes = []
+    for group in groups:
+        if group.dataset.note and group.dataset.note not in notes:
+            notes.append(group.dataset.note)
+    for source in references.sources:
+        for group in groups:
+            if group.method in source.no_row:
+                note = f"{source.label} has no row for {group.method}: {source.no_row[group.method]}."
+                if note not in notes:
+                    notes.append(note)
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------- Table 1
+
+
+def table1(collection: Collection, references: References) -> list[Table]:
+    tables = []
+    for caption, groups in sections(collection):
+        columns = ["Method", "Seeds (n)", "Final exit (%)", "Method output (%)"]
+        for source in references.sources:
+            columns += [f"{source.label} (%)", f"Δ vs {source.label}"]
+        rows = []
+        for group in groups:
+            final = stat_cell(group.stat("final_accuracy"), group, 2, _commands(group, "final_accuracy", rundir.EVAL), scale=100)
+            row = [text_cell(group.label), text_cell(_seeds_text(group)), final, _method_output_cell(group)]
+            for source in references.sources:
+                reference = reference_cell(source, "test_accuracy", group)
+                row += [reference, difference_cell(final, reference)]
+            rows.append(row)
+        tables.append(Table(caption, columns, rows, _section_notes(groups, references), _labels(references)))
+    return tables
+
+
+def _labels(references: References) -> tuple[str, ...]:
+    return tuple(source.label for source in references.sources)
+
+
+def _seeds_text(group: Group) -> str:
+    seeds = ", ".join(str(seed) for seed in group.seeds)
+    return f"{seeds} ({group.n})"
+
+
+def _method_output_cell(group: Group) -> Cell:
+    """The method's own output, shown only where it differs from the final exit in some run."""
+    pairs = [(run.eval or {}).get("test", {}) for run in group.runs]
+    differs = any(
+        p.get("method_accuracy") is not None and p.get("final_accuracy") is not None and p["method_accuracy"] != p["final_accuracy"]
+        for p in pairs
+    )
+    if not differs:
+        stat = group.stat("method_accuracy")
+        if stat is None:
+            return Cell(commands=_commands(group, "method_accuracy", rundir.EVAL))
+        return Cell(text="= final", note="the method's output is its final exit")
+    return stat_cell(group.stat("method_accuracy"), group, 2, _commands(group, "method_accuracy", rundir.EVAL), scale=100)
+
+
+# ---------------------------------------------------------------------------------------------- Table 2
+
+
+def table2(collection: Collection, references: References) -> list[Table]:
+    tables = []
+    for caption, groups in sections(collection):
+        columns = ["Method", "Criterion", "n", "Accuracy (%)"]
+        for source in references.sources:
+            columns += [f"{source.label} (%)", f"Δ vs {source.label}"]
+        columns += ["Latency (ms)", "Plain network (ms)"]
+        columns += [f"{source.label} (ms)" for source in references.sources]
+        columns += ["Measured speed-up"]
+        for source in references.sources:
+            columns += [f"{source.label} printed (%)", f"{source.label} recomputed (%)"]
+        columns += ["MAC speed-up"]
+        rows = []
+        for group in groups:
+            eval_cmds = _commands(group, "op_accuracy", rundir.EVAL)
+            timing_cmds = _commands(group, "latency_ms", rundir.TIMING)
+            accuracy = stat_cell(group.stat("op_accuracy"), group, 2, eval_cmds, scale=100)
+            row = [text_cell(group.label), text_cell(_criterion(group)), text_cell(str(group.n)), accuracy]
+            for source in references.sources:
+                reference = reference_cell(source, "accuracy", group)
+                row += [reference, difference_cell(accuracy, reference)]
+            row += [
+                stat_cell(group.stat("latency_ms"), group, 3, timing_cmds),
+                stat_cell(group.stat("plain_latency_ms"), group, 3, timing_cmds),
+            ]
+            row += [reference_cell(source, "latency_ms", group) for source in references.sources]
+            row.append(_speedup_cell(group, timing_cmds))
+            for source in references.sources:
+                row += [reference_cell(source, "speedup_percent", group), _recomputed_cell(source, group)]
+            row.append(stat_cell(group.stat("op_macs_speedup"), group, 2, eval_cmds, suffix="×"))
+            rows.append(row)
+        notes = _section_notes(groups, references) + _timing_notes(groups) + _speedup_notes(groups)
+        tables.append(Table(caption, columns, rows, notes, _labels(references)))
+    return tables
+
+
+def _speedup_cell(group: Group, commands: list[str]) -> Cell:
+    """Plain-network latency / early-exit latency (a ratio), and in the reference convention: (ratio - 1) in percent."""
+    speedup = group.stat("measured_speedup")
+    cell = stat_cell(speedup, group, 2, commands, suffix="×")
+    if speedup is not None:
+        cell.text += f" ({(speedup.mean - 1) * 100:+.1f} %)"
+    return cell
+
+
+def table2_exits(collection: Collection) -> list[Table]:
+    """Table 2, continued: the percentage of test images leaving at each exit at the operating point.
+
+    Exits are aligned on the final one, so networks with fewer exits leave their first columns empty."""
+    tables = []
+    for caption, groups in sections(collection):
+        groups = [g for g in groups if _has_exits(g)]
+        if not groups:
+            continue
+        fractions = {id(g): stack([_get_point(run.eval).get("exit_fractions") for run in g.runs]) for g in groups}
+        widest = max([f.shape[1] for f in fractions.values() if f is not None], default=1)
+        columns = ["Method", "Criterion", "n"] + [f"Exit {b + 1} (%)" for b in range(widest - 1)] + ["Final (%)"]
+        rows = []
+        for group in groups:
+            row = [text_cell(group.label), text_cell(_criterion(group)), text_cell(str(group.n))]
+            values = fractions[id(group)]
+            if values is None:
+                row += [Cell(commands=_commands(group, "op_accuracy", rundir.EVAL)) for _ in range(widest)]
+            else:
+                mean, std = values.mean(axis=0) * 100, (values.std(axis=0, ddof=1) * 100 if len(values) > 1 else None)
+                row += [Cell(blank=True, note="this network has no such exit") for _ in range(widest - len(mean))]
+                row += [Cell(text=f"{m:.1f}" + (f" ± {s:.1f}" if std is not None else ""), value=float(m))
+                        for m, s in zip(mean, std if std is not None else mean)]
+            rows.append(row)
+        tables.append(Table(caption, columns, rows))
+    return tables
+
+
+def _get_point(evaluation) -> dict:
+    """The test-split operating point of an eval.json ({} when absent)."""
+    return (((evaluation or {}).get("operating_point") or {}).get("test")) or {}
+
+
+def _criterion(group: Group) -> str:
+    criteria = {((run.eval or {}).get("operating_point") or {}).get("criterion") for run in group.runs if run.eval}
+    if not criteria:
+        return DASH
+    named = sorted(str(c) for c in criteria if c)
+    return ", ".join(named) if named else "none (final exit)"
+
+
+def _recomputed_cell(source: ReferenceSource, group: Group) -> Cell:
+    if group.dataset.reference is None:
+        return Cell(note=no_reference_note(source, group))
+    value = source.recomputed_speedup(group.model, group.dataset.reference, group.method)
+    if value is None:
+        return Cell(note=no_reference_note(source, group))
+    printed = source.get("speedup_percent", group.model, group.dataset.reference, group.method)
+    mark = " ≠" if printed is not None and abs(printed.value - value) > SPEEDUP_TOLERANCE else ""
+    return Cell(text=f"{value:.2f}{mark}", value=value, note="recomputed from the source's own printed latencies")
+
+
+def speedup_discrepancies(references: References) -> list[str]:
+    """Every printed speed-up that its source's own latencies do not give, as one sentence each."""
+    lines = []
+    for source in references.sources:
+        for number in source.numbers:
+            if number.quantity != "speedup_percent":
+                continue
+            value = source.recomputed_speedup(number.model, number.dataset, number.method)
+            base = source.get("latency_ms", number.model, number.dataset, "baseline")
+            this = source.get("latency_ms", number.model, number.dataset, number.method)
+            if value is None or abs(value - number.value) <= SPEEDUP_TOLERANCE:
+                continue
+            row = source.rows.get(number.method, number.method)
+            lines.append(
+                f"{source.label}, {number.table}, {row}: printed speed-up {reference_text(number.value)} %, but its own "
+                f"latencies give {reference_text(base.value)} / {reference_text(this.value)} − 1 = {value:.2f} %. "
+                f"Both are shown; the printed one is kept as published."
+            )
+    return lines
+
+
+def _speedup_notes(groups: list[Group]) -> list[str]:
+    notes = []
+    if any(group.dataset.reference is not None for group in groups):
+        notes.append(
+            "Reference speed-ups are (baseline time / time − 1) in percent; ours are plain-network latency / "
+            "early-exit latency, a ratio, shown also in the reference convention."
+        )
+    return notes
+
+
+def _timing_notes(groups: list[Group]) -> list[str]:
+    devices = sorted({str(run.timing.get("device")) for group in groups for run in group.runs if run.timing})
+    notes = [f"Latency measured on {device}." for device in devices]
+    mismatched = [
+        run.name
+        for group in groups
+        for run in group.runs
+        if run.timing and run.eval
+        and _thresholds(run.timing.get("operating_point")) != _thresholds(run.eval.get("operating_point"))
+    ]
+    if mismatched:
+        notes.append(
+            "timing.json was measured at another operating point than eval.json's in: "
+            + ", ".join(mismatched) + " (re-run `repro eval RUN --timing`)."
+        )
+    return notes
+
+
+def _thresholds(point) -> list | None:
+    if not isinstance(point, dict) or point.get("thresholds") is None:
+        return None
+    return [round(float(t), 9) for t in point["thresholds"]]
+
+
+# ---------------------------------------------------------------------------------------------- Table 3
+
+
+def table3(collection: Collection) -> list[Table]:
+    """Calibrated operating points (chosen on validation, reported on test)."""
+    tables = []
+    for caption, groups in sections(collection):
+        groups = [g for g in groups if _has_exits(g)]
+        if not groups:
+            continue
+        columns = ["Method", "Criterion", "Target", "n", "Test accuracy (%)", "MAC speed-up", "Leaving at each exit (%)"]
+        rows = []
+        for group in groups:
+            commands = _commands(group, "cal_accuracy", rundir.CALIBRATION)
+            calibrations = [run.calibration for run in group.runs if run.calibration]
+            fractions = stack([c.get("test", {}).get("exit_fractions") for c in calibrations])
+            rows.append([
+                text_cell(group.label),
+                text_cell(", ".join(sorted({str(c.get("criterion")) for c in calibrations})) or DASH),
+                text_cell(", ".join(sorted({_target_text(c.get("target")) for c in calibrations})) or DASH),
+                text_cell(str(len(calibrations))),
+                stat_cell(group.stat("cal_accuracy"), group, 2, commands, scale=100),
+                stat_cell(group.stat("cal_macs_speedup"), group, 2, commands, suffix="×"),
+                Cell(text=" · ".join(f"{v:.1f}" for v in fractions.mean(axis=0) * 100), numeric=False)
+                if fractions is not None else Cell(commands=commands, numeric=False),
+            ])
+        tables.append(Table(caption, columns, rows))
+    return tables
+
+
+def _has_exits(group: Group) -> bool:
+    counts = {run.eval.get("num_exits") for run in group.runs if run.eval}
+    if counts:
+        return any(isinstance(c, int) and c > 1 for c in counts)
+    return group.method != "baseline" and group.config.get("exits") != []
+
+
+def _target_text(target) -> str:
+    if not isinstance(target, dict):
+        return DASH
+    if "max_drop" in target:
+        return f"max drop {target['max_drop']:g} points"
+    if "budget" in target:
+        return f"≤ {target['budget']:g} × plain MACs"
+    return ", ".join(f"{k}={v}" for k, v in target.items())
+
+
+# ---------------------------------------------------------------------------------------------- per-exit data
+
+
+def exit_accuracy(group: Group) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Per-exit test accuracy (percent) over the group's seeds: mean [E], std [E] (ddof = 1; NaN for n = 1), n."""
+    values = stack([((run.eval or {}).get("test") or {}).get("exit_accuracy") for run in group.runs])
+    if values is None:
+        return None
+    std = values.std(axis=0, ddof=1) * 100 if len(values) > 1 else np.full(values.shape[1], math.nan)
+    return values.mean(axis=0) * 100, std, len(values)

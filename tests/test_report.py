@@ -1,0 +1,404 @@
+"""`repro report` on hand-made, internally consistent run directories (no training).
+
+The fake runs follow the contract schemas (config.json, metrics.csv, eval.json, timing.json, sweep.csv,
+calibration.json): three seeds of one B-Net group, a B-Net run with another learning rate (never averaged
+with them), baselines, a gated `proposed` run whose own output differs from its final exit, a
+report-maxprob run without timing, a run named `<script>alert(1)`, a run on the CIFAR-10 JPEG
+copy, and a run with nothing but its config. Expected numbers are computed by hand in the tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from repro import rundir
+from repro.cli import app
+from repro.report import build_report
+from repro.report.collect import collect
+from repro.report.figures import FIGURES, mean_front
+from repro.report.references import builtin_references, load_references
+from repro.report.render import markdown_escape
+from repro.report.tables import table1, table2, table2_exits, table3
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A run directory's name cannot hold "/", so the closing tag cannot be part of it.
+SCRIPT_NAME = "<script>alert(1)"
+PLAIN_MACS = 100.0
+EXIT_MACS = [20.0, 45.0, 75.0, 110.0]  # cumulative MACs of the 4 exits (final > plain: the heads cost extra)
+
+
+def config(method: str, seed: int, dataset: str = "cifar10", lr: float = 5e-4, data_dir=None) -> dict:
+    baseline = method == "baseline"
+    return {
+        "model": "vgg13", "method": method, "dataset": dataset, "data_dir": data_dir, "subset": None, "val_fraction": 0.2,
+        "split_seed": 0, "recipe": "report", "seed": seed, "epochs": 3, "batch_size": 128, "optimizer": "adam",
+        "lr": lr, "exits": [] if baseline else None, "batch_norm": False, "classifier": "report", "dropout": True,
+        "head": "conv", "width": 1.0, "cost_weight": 0.1 if method == "proposed" else None, "joint_weight": None,
+        "mix": None, "alphas": None, "detach_confidence": None, "num_classes": 10, "in_channels": 3, "image_size": 32,
+    }
+
+
+def point(accuracy: float, fractions: list[float]) -> dict:
+    """An operating point consistent with EXIT_MACS: mean MACs = sum_b fraction_b * cost_b."""
+    macs = EXIT_MACS[-len(fractions):] if len(fractions) > 1 else [PLAIN_MACS]
+    mean_macs = sum(f * m for f, m in zip(fractions, macs))
+    return {"accuracy": accuracy, "exit_fractions": fractions, "mean_macs": mean_macs, "macs_speedup": PLAIN_MACS / mean_macs}
+
+
+def write_run(root: Path, name: str, cfg: dict, exit_accuracy: list[float], method_accuracy=None, op_accuracy=None,
+              fractions=None, timing_ms=None, sweep=True, calibration=True) -> Path:
+    """A run directory with every file the report reads; `timing_ms` = (plain, early exit) latencies or None."""
+    run = rundir.RunDir(root / name)
+    run.path.mkdir(parents=True)
+    rundir.write_json(run.file(rundir.CONFIG), cfg)
+    exits = len(exit_accuracy)
+    metrics = []
+    for epoch in range(1, 4):
+        row = {"epoch": epoch, "train_loss": 2.0 / epoch, "val_loss": 2.2 / epoch}
+        row.update({f"val_acc_exit{b}": exit_accuracy[b] * epoch / 3 for b in range(exits)})
+        row.update({"val_acc_method": (method_accuracy or exit_accuracy[-1]) * epoch / 3, "lr": cfg["lr"], "seconds": 1.5})
+        metrics.append(row)
+    rundir.write_csv(run.file(rundir.METRICS), metrics)
+    final = exit_accuracy[-1]
+    fractions = fractions or ([1.0] if exits == 1 else [0.25, 0.25, 0.25, 0.25])
+    op = {"test": point(op_accuracy if op_accuracy is not None else final, fractions),
+          "val": point(op_accuracy if op_accuracy is not None else final, fractions)}
+    criterion = None if exits == 1 else {"proposed": "gate", "report-maxprob": "maxprob"}.get(cfg["method"], "entropy")
+    summary = {"exit_accuracy": exit_accuracy, "final_accuracy": final, "method_accuracy": method_accuracy or final,
+               "mean_gate": None, "n": 2000}
+    rundir.write_json(run.file(rundir.EVAL), {
+        "run": name, "model": cfg["model"], "dataset": cfg["dataset"], "method": cfg["method"], "recipe": cfg["recipe"],
+        "seed": cfg["seed"], "checkpoint_sha256": "0" * 64, "num_exits": exits,
+        "exit_macs": EXIT_MACS if exits > 1 else [PLAIN_MACS], "plain_macs": PLAIN_MACS, "exit_params": [1] * exits,
+        "test": summary, "val": summary,
+        "operating_point": {"criterion": criterion, "thresholds": [0.3] * (exits - 1), "how": "test fixture", **op},
+    })
+    if timing_ms is not None:
+        plain, early = timing_ms
+        rundir.write_json(run.file(rundir.TIMING), {
+            "device": "cpu: test CPU (2 threads)", "n_images": 100, "batch_size": 64,
+            "operating_point": {"criterion": criterion, "thresholds": [0.3] * (exits - 1)},
+            "batch1": {k: {"mean_ms": v, "median_ms": v, "p95_ms": v} for k, v in (("plain", plain), ("full", plain * 1.1), ("early_exit", early))},
+            "batched": {k: {"ms_per_image": v / 10} for k, v in (("plain", plain), ("full", plain * 1.1), ("early_exit", early))},
+            "measured_speedup": {"batch1": plain / early, "batched": plain / early}, "macs_speedup": op["test"]["macs_speedup"],
+            "early_exit_accuracy": op["test"]["accuracy"],
+        })
+    if exits > 1 and sweep:
+        rows = []
+        for split in ("val", "test"):
+            # Thresholds from 0 (everything leaves at the first exit) to 1 (everything reaches the final exit).
+            for t, (accuracy, fr) in enumerate([(exit_accuracy[0], [1, 0, 0, 0]), (final - 0.05, [0.5, 0.3, 0.1, 0.1]),
+                                                (final - 0.06, [0.1, 0.3, 0.5, 0.1]), (final, [0, 0, 0, 1])]):
+                p = point(accuracy, fr)
+                rows.append({"split": split, "criterion": criterion, "threshold": t / 3, "accuracy": accuracy,
+                             "mean_macs": p["mean_macs"], "macs_speedup": p["macs_speedup"], "exit_fractions": json.dumps(fr),
+                             "pareto": "false" if t == 2 else "true"})  # t=2 costs more than t=1 for less accuracy
+        rundir.write_csv(run.file(rundir.SWEEP), rows)
+    if exits > 1 and calibration:
+        rundir.write_json(run.file(rundir.CALIBRATION), {"criterion": criterion, "target": {"max_drop": 1.0},
+                                                         "thresholds": [0.3] * (exits - 1), **op})
+    return run.path
+
+
+def write_fixture_runs(root: Path) -> Path:
+    runs = root / "runs"
+    for seed, final in enumerate([0.80, 0.82, 0.87]):
+        write_run(runs, f"bnet-s{seed}", config("bnet", seed), [0.5, 0.6, 0.7, final], op_accuracy=final - 0.01,
+                  fractions=[0.1, 0.2, 0.3, 0.4], timing_ms=(6.0, 3.0 + seed))
+    write_run(runs, "bnet-lr", config("bnet", 0, lr=1e-3), [0.5, 0.6, 0.7, 0.50], timing_ms=(6.0, 4.0))
+    for seed, final in enumerate([0.76, 0.78]):
+        write_run(runs, f"baseline-s{seed}", config("baseline", seed), [final], timing_ms=(5.0, 5.0))
+    write_run(runs, "proposed-s0", config("proposed", 0), [0.4, 0.5, 0.6, 0.75], method_accuracy=0.79, timing_ms=(6.0, 2.0))
+    write_run(runs, "maxprob-s0", config("report-maxprob", 0), [0.5, 0.6, 0.7, 0.81])  # no timing.json
+    write_run(runs, SCRIPT_NAME, config("report-proposed", 0), [0.5, 0.6, 0.7, 0.78], timing_ms=(6.0, 2.5))
+    write_run(runs, "jpeg-bnet", config("bnet", 0, dataset="imagefolder", data_dir="/data/cifar10-jpeg.tar.gz"),
+              [0.5, 0.6, 0.7, 0.70], timing_ms=(6.0, 3.0))
+    bare = runs / "untrained"
+    bare.mkdir()
+    rundir.write_json(bare / rundir.CONFIG, config("bnet", 5, dataset="cifar100"))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    runs = write_fixture_runs(root)
+    result = build_report([runs], root / "out")
+    return {"runs": runs, "result": result, "collection": collect([runs]), "references": load_references(),
+            "md": result.markdown.read_text(), "html": result.html.read_text()}
+
+
+def _table(tables, caption):
+    return next(t for t in tables if t.caption == caption)
+
+
+# ---------------------------------------------------------------------------------------------- references
+
+
+def test_builtin_references_hold_the_report_numbers_and_none_of_the_paper():
+    references = builtin_references()
+    (usi,) = references.sources
+    table1_numbers = {(n.dataset, n.method): n.value for n in usi.numbers if n.quantity == "test_accuracy"}
+    assert table1_numbers == {
+        ("cifar10", "baseline"): 77.40, ("cifar10", "bnet"): 78.94, ("cifar10", "report-proposed"): 77.43, ("cifar10", "report-maxprob"): 79.51,
+        ("cifar100", "baseline"): 32.89, ("cifar100", "bnet"): 39.98, ("cifar100", "report-proposed"): 31.38, ("cifar100", "report-maxprob"): 35.51,
+        ("cinic10", "baseline"): 66.87, ("cinic10", "bnet"): 69.27, ("cinic10", "report-proposed"): 68.24, ("cinic10", "report-maxprob"): 69.59,
+    }
+    assert all(n.where.startswith(n.table) for n in usi.numbers)
+    assert usi.get("speedup_percent", "vgg13", "cifar10", "report-maxprob").value == 128.34
+    # (6.06108 / 2.60544 - 1) * 100 and (6.06108 / 2.92706 - 1) * 100, by hand.
+    assert usi.recomputed_speedup("vgg13", "cifar10", "report-maxprob") == pytest.approx(132.6317, abs=1e-3)
+    assert usi.recomputed_speedup("vgg13", "cifar10", "report-proposed") == pytest.approx(107.0706, abs=1e-3)
+    assert "proposed" not in usi.rows and "proposed" in usi.no_row
+    assert "not publicly available" in references.not_available[0]["note"]
+    assert all(n.model == "vgg13" for n in usi.numbers)
+
+
+def test_extra_reference_file_becomes_another_column(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "bnet", config("bnet", 0), [0.5, 0.6, 0.7, 0.80], timing_ms=(6.0, 3.0))
+    extra = tmp_path / "mine.json"
+    extra.write_text(json.dumps({"format": "repro-references/1", "sources": [{
+        "key": "mine", "label": "My rerun", "citation": "a rerun", "numbers": [
+            {"table": "Table 1", "quantity": "test_accuracy", "unit": "percent", "model": "vgg13", "dataset": "cifar10",
+             "method": "bnet", "value": 81.5, "where": "my notes"}]}]}))
+    result = build_report([runs], tmp_path / "out", references=[extra])
+    t1 = table1(collect([runs]), load_references([extra]))[0]
+    assert t1.cell("bnet", "My rerun (%)").value == 81.5
+    assert t1.cell("bnet", "Δ vs My rerun").text == "-1.50"  # 80.00 - 81.5
+    assert t1.cell("bnet", "Δ vs USI report").text == "+1.06"  # 80.00 - 78.94
+    assert "My rerun" in result.html.read_text()
+
+
+@pytest.mark.parametrize("text, line", [
+    ('{\n  "format": "repro-references/1",\n  "sources": [\n    {"key": "x",}\n  ]\n}\n', 4),  # trailing comma
+    ('{\n  "format": "repro-references/1",\n  "sources": [\n    {"key": "x", "label": "X", "citation": "c",\n'
+     '     "numbers": [\n       {"table": "Table 1", "quantity": "accuracy", "unit": "percent", "model": "vgg13",\n'
+     '        "dataset": "cifar10", "method": "bnet", "value": "high", "where": "w"}]}\n  ]\n}\n', 6),  # value not a number
+    ('{"sources": []}', 1),  # no format marker
+])
+def test_invalid_reference_file_is_one_line_naming_the_line(tmp_path, text, line):
+    runs = tmp_path / "runs"
+    write_run(runs, "bnet", config("bnet", 0), [0.5, 0.6, 0.7, 0.80])
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    result = CliRunner().invoke(app, ["report", str(runs), "--out", str(tmp_path / "out"), "--reference", str(bad)])
+    assert result.exit_code == 1
+    message = " ".join(result.output.split())
+    assert message.startswith("Error: reference file") and f"line {line}" in message and "bad.json" in message
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+
+
+def test_groups_average_only_seeds(report):
+    groups = {(g.dataset.label, g.label): g for g in report["collection"].groups}
+    assert sorted(groups) == sorted([
+        ("CIFAR-10", "baseline"), ("CIFAR-10", "bnet [lr=0.0005]"), ("CIFAR-10", "bnet [lr=0.001]"),
+        ("CIFAR-10", "proposed"), ("CIFAR-10", "report-proposed"), ("CIFAR-10", "report-maxprob"),
+        ("CIFAR-10 (JPEG copy)", "bnet"), ("CIFAR-100", "bnet"),
+    ])
+    assert groups[("CIFAR-10", "bnet [lr=0.0005]")].seeds == [0, 1, 2]
+    assert groups[("CIFAR-10", "bnet [lr=0.001]")].n == 1
+    assert groups[("CIFAR-10 (JPEG copy)", "bnet")].dataset.reference == "cifar10"
+
+
+def test_table1_mean_std_reference_and_difference(report):
+    t1 = _table(table1(report["collection"], report["references"]), "VGG-13 · CIFAR-10")
+    # Seeds 0.80, 0.82, 0.87: mean 83.00; deviations -3, -1, +4 points -> sample variance 26 / 2 = 13.
+    cell = t1.cell("bnet [lr=0.0005]", "Final exit (%)")
+    assert cell.value == pytest.approx(83.0)
+    assert cell.text == f"83.00 ± {math.sqrt(13):.2f}" == "83.00 ± 3.61"
+    assert t1.cell("bnet [lr=0.0005]", "USI report (%)").text == "78.94"
+    assert t1.cell("bnet [lr=0.0005]", "Δ vs USI report").text == "+4.06"
+    assert t1.cell("bnet [lr=0.001]", "Final exit (%)").text == "50.00"  # one run: no spread
+    assert t1.cell("bnet [lr=0.0005]", "Seeds (n)").text == "0, 1, 2 (3)"
+    # Baseline 0.76, 0.78: mean 77.00, sample std sqrt(2) = 1.41; Δ vs 77.40 = -0.40.
+    assert t1.cell("baseline", "Final exit (%)").text == "77.00 ± 1.41"
+    assert t1.cell("baseline", "Δ vs USI report").text == "-0.40"
+    # The gated method's own output differs from its final exit; the others' is the final exit.
+    assert t1.cell("proposed", "Method output (%)").text == "79.00"
+    assert t1.cell("bnet [lr=0.0005]", "Method output (%)").text == "= final"
+    # `proposed` has no reference row, and says why.
+    missing = t1.cell("proposed", "USI report (%)")
+    assert missing.missing and not missing.commands and "did not implement" in missing.note
+    assert t1.cell("report-maxprob", "USI report (%)").text == "79.51"
+
+
+def test_jpeg_copy_is_labelled_and_compared_only_under_its_label(report):
+    t1 = _table(table1(report["collection"], report["references"]), "VGG-13 · CIFAR-10 (JPEG copy)")
+    assert t1.cell("bnet", "USI report (%)").text == "78.94"
+    assert t1.cell("bnet", "Δ vs USI report").text == "-8.94"  # 70.00 - 78.94
+    assert any("JPEG" in note and "not, CIFAR-10 accuracies" in note for note in t1.notes)
+    assert "VGG-13 · CIFAR-10 (JPEG copy)" in report["md"]
+
+
+def test_table2_latency_speedups_and_the_recomputed_reference(report):
+    t2 = _table(table2(report["collection"], report["references"]), "VGG-13 · CIFAR-10")
+    bnet = "bnet [lr=0.0005]"
+    # Early-exit latencies 3, 4, 5 ms: mean 4.000, std 1.000; speed-ups 6/3, 6/4, 6/5 = 2, 1.5, 1.2.
+    assert t2.cell(bnet, "Latency (ms)").text == "4.000 ± 1.000"
+    speedups = [2.0, 1.5, 1.2]
+    mean = sum(speedups) / 3
+    std = math.sqrt(sum((s - mean) ** 2 for s in speedups) / 2)
+    assert t2.cell(bnet, "Measured speed-up").text == f"{mean:.2f} ± {std:.2f}× ({(mean - 1) * 100:+.1f} %)" == "1.57 ± 0.40× (+56.7 %)"
+    # Operating point: accuracy final - 1 point, fractions 0.1/0.2/0.3/0.4 -> mean MACs 2+9+22.5+44 = 77.5.
+    assert t2.cell(bnet, "Accuracy (%)").text == "82.00 ± 3.61"
+    assert t2.cell(bnet, "MAC speed-up").value == pytest.approx(100 / 77.5)
+    exits = _table(table2_exits(report["collection"]), "VGG-13 · CIFAR-10")
+    assert exits.columns[3:] == ["Exit 1 (%)", "Exit 2 (%)", "Exit 3 (%)", "Final (%)"]
+    assert [c.text for c in exits.row(bnet)[3:]] == ["10.0 ± 0.0", "20.0 ± 0.0", "30.0 ± 0.0", "40.0 ± 0.0"]
+    assert "baseline" not in [row[0].text for row in exits.rows]  # no early exits: nothing to show
+    maxprob = "report-maxprob"
+    assert t2.cell(maxprob, "USI report printed (%)").text == "128.34"
+    assert t2.cell(maxprob, "USI report recomputed (%)").text == "132.63 ≠"
+    assert t2.cell("report-proposed", "USI report recomputed (%)").text == "107.07"
+    assert t2.cell("baseline", "USI report (ms)").text == "6.06108"
+    # No timing.json for the maxprob run: a dash and the command that measures it; nothing guessed.
+    latency = t2.cell(maxprob, "Latency (ms)")
+    assert latency.missing and latency.commands == [f"repro eval {report['runs'] / 'maxprob-s0'} --timing"]
+
+
+def test_table3_calibrated_points(report):
+    t3 = _table(table3(report["collection"]), "VGG-13 · CIFAR-10")
+    assert [row[0].text for row in t3.rows] == ["bnet [lr=0.0005]", "bnet [lr=0.001]", "proposed", "report-proposed", "report-maxprob"]
+    assert t3.cell("bnet [lr=0.0005]", "Target").text == "max drop 1 points"
+    assert t3.cell("bnet [lr=0.0005]", "Test accuracy (%)").text == "82.00 ± 3.61"
+
+
+def test_mean_front_averages_seeds_along_cost():
+    # Seed A reaches 50 % at cost 0.2 and 80 % at 0.6; seed B 60 % at 0.4 and 90 % at 0.6.
+    cost, mean, std = mean_front([(_array([0.2, 0.6]), _array([50.0, 80.0])), (_array([0.4, 0.6]), _array([60.0, 90.0]))])
+    assert cost.tolist() == [0.4, 0.6]  # at 0.2 seed B reaches nothing yet
+    assert mean.tolist() == [55.0, 85.0]
+    assert std.tolist() == pytest.approx([math.sqrt(50), math.sqrt(50)])
+
+
+def _array(values):
+    import numpy as np
+
+    return np.asarray(values, dtype=float)
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def test_markdown_has_both_tables_dashes_with_commands_and_escaped_names(report):
+    md = report["md"]
+    assert "## Table 1: test accuracy without early exit" in md and "## Table 2: early exit at the operating point" in md
+    assert "83.00 ± 3.61" in md and "132.63 ≠" in md and "128.34" in md
+    timing_command = f"repro eval {report['runs'] / 'maxprob-s0'} --timing"
+    assert f"— `{timing_command}`" in md
+    # The bare run is listed with what it lacks and how to produce it.
+    assert f"`repro eval {report['runs'] / 'untrained'}`" in md
+    assert "| &lt;script&gt;alert(1) |" in md  # the Runs table's name column
+    assert "<script" not in md.replace(f"`{report['runs'] / SCRIPT_NAME}`", "")  # only inside code spans, where it is text
+    assert "6.06108 / 2.60544 − 1 = 132.63 %" in md
+    for figure in FIGURES:
+        assert f"]({figure})" in md
+
+
+def test_html_escapes_run_names_and_is_self_contained(report):
+    html = report["html"]
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)" in html
+    assert "default-src 'none'" in html  # no network, no scripts, even if escaping ever failed
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", html)  # nothing loaded from outside
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == len(FIGURES)
+    assert all(base64.b64decode(image).startswith(PNG_SIGNATURE) for image in images)
+    assert '<code class="fill">repro eval ' in html
+
+
+def test_every_figure_is_a_valid_png(report):
+    result = report["result"]
+    assert sorted(path.name for path in result.figures) == sorted(FIGURES)
+    for path in result.figures:
+        data = path.read_bytes()
+        assert data.startswith(PNG_SIGNATURE), path
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] >= 500 and image.size[1] >= 300
+
+
+def test_stale_eval_is_not_reported(tmp_path):
+    runs = tmp_path / "runs"
+    path = write_run(runs, "bnet", config("bnet", 0), [0.5, 0.6, 0.7, 0.80], timing_ms=(6.0, 3.0))
+    (path / rundir.CHECKPOINT).write_bytes(b"weights of another training")  # eval.json records sha256 '000...'
+    collection = collect([runs])
+    (record,) = collection.runs
+    assert record.eval is None and record.timing is None and record.sweep is None
+    assert {m.what for m in collection.missing} == {rundir.EVAL, rundir.TIMING, rundir.SWEEP, rundir.CALIBRATION}
+    t1 = table1(collection, load_references())[0]
+    assert t1.cell("bnet", "Final exit (%)").commands == [f"repro eval {path}"]
+
+
+def test_markdown_escape():
+    assert markdown_escape("a|b <i>*x*</i> [l](u) `c`") == r"a\|b &lt;i&gt;\*x\*&lt;/i&gt; \[l\](u) \`c\`"
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def test_cli_writes_the_report_and_says_where(tmp_path, monkeypatch):
+    runs = write_fixture_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["report", "runs"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "reports/latest" in output and "Open reports/latest/report.html" in output
+    assert "repro eval runs/maxprob-s0 --timing" in output
+    assert (tmp_path / "reports" / "latest" / "report.md").is_file()
+    assert (tmp_path / "reports" / "latest" / "exit-accuracy.png").is_file()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "does not exist"),
+    ("empty", "no runs found"),
+    ("file", "is not a run directory or a folder of runs"),
+    ("config-only", "nothing to report"),
+    ("corrupt-config", "is not valid JSON"),
+])
+def test_cli_bad_inputs_are_one_line(tmp_path, case, expected):
+    target = tmp_path / "input"
+    if case == "empty":
+        target.mkdir()
+        (target / "notes.txt").write_text("no runs here")
+    elif case == "file":
+        target.write_text("not a folder")
+    elif case == "config-only":
+        target.mkdir()
+        rundir.write_json(target / rundir.CONFIG, config("bnet", 0))
+    elif case == "corrupt-config":
+        target.mkdir()
+        (target / rundir.CONFIG).write_text("{not json")
+    result = CliRunner().invoke(app, ["report", str(target), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.output.split())
+    assert message.startswith("Error:") and expected in message and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_report_replaces_the_first(tmp_path):
+    runs = write_fixture_runs(tmp_path)
+    out = tmp_path / "out"
+    build_report([runs], out)
+    # Only the baseline is left: no sweep, no per-exit curve, no exit histogram in the new report.
+    for path in runs.iterdir():
+        if not path.name.startswith("baseline"):
+            shutil.rmtree(path)
+    result = build_report([runs], out)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in result.figures)
+    assert "accuracy-cost.png" not in {p.name for p in result.figures}
