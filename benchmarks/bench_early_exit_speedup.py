@@ -53,6 +53,8 @@ def main(args) -> dict:
         data_dir=str(data),
         subset=args.subset,
         epochs=args.epochs,
+        lr=args.lr,
+        batch_norm=args.batch_norm or None,
         seed=0,
     )
     run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-speedup-vgg13-bnet-cifar10jpeg-{device}")
@@ -80,7 +82,8 @@ def main(args) -> dict:
     summary = {
         "benchmark": "measured vs MAC-predicted early-exit speed-up at the val-calibrated point",
         "data": "CIFAR-10 (JPEG copy), class-balanced subset",
-        "model": "vgg13 (full width, report recipe: no batch norm, 512-4096-4096-C classifier), 9 early exits",
+        "model": f"vgg13 (full width, report recipe{' + batch norm' if args.batch_norm else ', no batch norm'}, "
+                 f"512-4096-4096-C classifier, Adam lr {args.lr}), 9 early exits",
         "method": "bnet (entropy criterion)",
         "subset_train_pool": args.subset,
         "epochs_trained": fit.epochs_done,
@@ -115,6 +118,9 @@ if __name__ == "__main__":
     parser.add_argument("--data", default=str(DATA), help="the CIFAR-10 JPEG tarball (or its extracted root)")
     parser.add_argument("--subset", type=int, default=1000, help="training-pool images (val is 20%% of them; test = subset // 5)")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (the report's 5e-4)")
+    parser.add_argument("--batch-norm", action="store_true",
+                        help="batch norm after each conv: without it a few epochs leave the deep exits near chance")
     parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points vs the final exit, on val")
     parser.add_argument("--timing-images", type=int, default=200, help="test images timed (at most subset // 5 exist)")
     parser.add_argument("--batch-size", type=int, default=256)

@@ -227,7 +227,7 @@ def find_runs(paths) -> list[RunDir]:
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise ReproError(f"{path} does not exist")
+            raise ReproError(f"{path} does not exist: give run directories or folders of runs (train one with `repro train`)")
         if is_run_dir(path):
             found[path.resolve()] = RunDir(path)
             continue

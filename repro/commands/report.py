@@ -1,4 +1,4 @@
-"""`repro report RUN_OR_FOLDER... [--out reports/NAME] [--reference FILE ...]`: Tables 1-2, figures, references."""
+"""`repro report [RUN_OR_FOLDER...] [--out reports/NAME] [--reference FILE ...]`: Tables 1-2, figures, references."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from repro.console import cli_errors, console
 
 @cli_errors
 def report(
-    paths: Annotated[list[Path], typer.Argument(metavar="RUN_OR_FOLDER...", help="Run directories, or folders to search for runs.", show_default=False)],
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(metavar="[RUN_OR_FOLDER]...", help="Run directories, or folders to search for runs. [default: runs]", show_default=False),
+    ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Report folder (report.md, figures, report.html); replaced if it holds a report.")
     ] = Path("reports/latest"),
@@ -24,7 +27,7 @@ def report(
     """Render the runs' results beside the reference numbers: report.md with PNG figures, and a self-contained report.html."""
     from repro.report import build_report
 
-    result = build_report(paths, out, references=reference or [])
+    result = build_report(paths or [Path("runs")], out, references=reference or [])
     console.print(
         f"Report of {result.runs} run(s) in {result.groups} group(s) written to [bold]{result.out}[/]: "
         f"{result.markdown.name}, {result.html.name} and {len(result.figures)} figure(s).",
