@@ -53,6 +53,13 @@ def load_data(config: TrainConfig):
     data_dir = Path(config.data_dir) if config.data_dir else None
     dataset = load_dataset(config.dataset, data_dir=data_dir, seed=config.split_seed)
     splits = make_splits(dataset, val_fraction=config.val_fraction, seed=config.split_seed, subset=config.subset)
+    # Checked here, before any run directory exists, so a too-small subset leaves nothing half-made behind.
+    for name in ("train", "val", "test"):
+        if len(splits[name][1]) == 0:
+            raise ReproError(
+                f"the {name} split of {config.dataset} is empty with --subset {config.subset} and "
+                f"--val-fraction {config.val_fraction}; use a larger --subset or --val-fraction"
+            )
     return dataset, splits
 
 

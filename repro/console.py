@@ -32,6 +32,11 @@ def cli_errors(command):
             return command(*args, **kwargs)
         except ReproError as error:
             fail(_escape(str(error)), error.exit_code)
+        except OSError as error:
+            # A path the user gave that cannot be created, read or written (not a folder, no permission,
+            # disk full): the operating system's reason and the path, as one line.
+            where = f": {error.filename}" if error.filename else ""
+            fail(_escape(f"{error.strerror or error}{where}"))
         except KeyboardInterrupt:
             fail("interrupted; everything written so far is kept (resume a training run with `repro train --resume RUN`)", 130)
 

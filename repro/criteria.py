@@ -66,11 +66,13 @@ def scores(criterion: str, logits: torch.Tensor, gates: torch.Tensor | None = No
 def fires(criterion: str, score: torch.Tensor, threshold) -> torch.Tensor:
     """Boolean mask: does a sample with this score leave at an exit with this threshold?
 
-    The threshold is compared in the score's own dtype, as a Python number would be, so that a gate
-    stored as float32 0.7 fires at threshold 0.7 in every code path (float64 would say 0.7f < 0.7).
+    Compared in float64, whatever the score's dtype: widening float32 (or bf16) to float64 is exact, and a
+    threshold is a float64 number, so every code path (the reference, the skipping paths, the sweeps)
+    draws the line at the same place. A float32 gate of 0.7 is 0.69999998..., below a threshold of 0.7.
     """
+    score = score.double()
     if isinstance(threshold, torch.Tensor):
-        threshold = threshold.to(device=score.device, dtype=score.dtype)
+        threshold = threshold.to(device=score.device, dtype=torch.float64)
     if criterion == "entropy":
         return score <= threshold
     return score >= threshold

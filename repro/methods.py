@@ -270,11 +270,15 @@ class ReportMaxProb(ReportProposed):
     def log_gate_pairs(self, out):
         pairs = []
         for f in out.logits[:-1]:
-            # log of the top probability is exact in log space; log(1 - p) via log(-expm1(log p)).
-            log_p = torch.log_softmax(f.float(), dim=1).amax(dim=1)
+            # log p_top and log(1 - p_top), both in log space: 1 - p_top is the probability of every other
+            # class, a logsumexp of their log-probabilities. (log(-expm1(log p)) is -inf with a NaN gradient
+            # once p_top rounds to 1 in float32, i.e. for any logit gap above about 17.)
+            log_probs = torch.log_softmax(f.float(), dim=1)
+            log_p, top = log_probs.max(dim=1)
+            others = log_probs.scatter(1, top[:, None], float("-inf"))
+            log_not_p = torch.logsumexp(others, dim=1).clamp_min(math.log(GATE_FLOOR))
             if self.detach_confidence:
-                log_p = log_p.detach()
-            log_not_p = torch.log(-torch.expm1(log_p)).clamp_min(math.log(GATE_FLOOR))
+                log_p, log_not_p = log_p.detach(), log_not_p.detach()
             pairs.append((log_p, log_not_p))
         return pairs
 

@@ -39,8 +39,9 @@ def test_select_exits_per_exit_thresholds_and_gates():
     logits = torch.randn(3, 5, 4)
     gates = torch.tensor([[0.9, 0.1, 0.5, 0.2, 0.7], [0.0, 0.8, 0.6, 0.1, 0.9]])
     exits, _ = criteria.select_exits("gate", [0.7, 0.6], logits, gates)
-    # a float32 gate of 0.7 fires at threshold 0.7 (compared in the gate's dtype, not float64)
-    assert exits.tolist() == [0, 1, 1, 2, 0]
+    # Compared exactly in float64: the float32 gate 0.6 (0.60000002) fires at 0.6, while the float32
+    # gate 0.7 (0.69999999) does not fire at 0.7, so sample 4 leaves at exit 1 (0.9 >= 0.6).
+    assert exits.tolist() == [0, 1, 1, 2, 1]
 
 
 def test_entropy_fires_at_or_below_and_others_at_or_above():
@@ -65,3 +66,22 @@ def test_unknown_criterion_and_gate_without_gates():
         criteria.select_exits("nope", 0.5, torch.randn(2, 3, 4))
     with pytest.raises(ReproError, match="needs a model with learned gates"):
         criteria.select_exits("gate", 0.5, torch.randn(2, 3, 4), None)
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "maxprob", "gate"])
+def test_a_threshold_just_above_a_float32_score_is_decided_in_float64(criterion):
+    # The next float64 after a float32 score rounds back to that score in float32, so a float32 comparison
+    # would call it equal; every path compares in float64, where it is strictly above.
+    score = torch.tensor([0.3], dtype=torch.float32)
+    threshold = torch.nextafter(score.double(), torch.tensor(2.0, dtype=torch.float64)).item()
+    assert float(torch.tensor(threshold, dtype=torch.float32)) == float(score)
+    fired = criteria.fires(criterion, score, threshold).item()
+    assert fired is (criterion == "entropy")  # entropy fires at or below t; the others at or above
+    gates = score[None] if criterion == "gate" else None
+    logits = torch.zeros(2, 1, 3)  # one early exit, one sample
+    if criterion != "gate":  # make the exit's own score equal 0.3 exactly as computed
+        logits = torch.randn(2, 1, 3)
+        score = criteria.scores(criterion, logits, None)[0]
+        threshold = torch.nextafter(score.double(), torch.tensor(2.0, dtype=torch.float64)).item()
+    exits, _ = criteria.select_exits(criterion, threshold, logits, gates)
+    assert exits.tolist() == ([0] if criterion == "entropy" else [1])

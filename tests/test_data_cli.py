@@ -159,3 +159,10 @@ def test_fetch_of_embedded_and_own_datasets():
     result = run("fetch", "synthetic")
     assert result.exit_code == 0 and "nothing to fetch" in result.output
     assert "nothing to fetch" in error_line(run("fetch", "imagefolder"))
+
+
+def test_a_data_folder_that_cannot_be_created_is_one_line(tmp_path):
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    line = error_line(run("fetch", "cifar10", "--data-dir", not_a_folder))
+    assert "Not a directory" in line and str(not_a_folder) in line

@@ -204,6 +204,23 @@ def test_imagefolder_grayscale_has_one_channel(tmp_path):
     assert dataset.channels == 1 and tuple(dataset.splits["train"][0].shape) == (4, 1, 6, 6)
 
 
+def test_imagefolder_mixing_gray_and_colour_is_read_as_colour(tmp_path):
+    # The first image in sorted order is gray; the colour ones must keep their colour, the gray ones
+    # become three equal channels.
+    colour = image_tree({"train": 2, "test": 1}, ["a", "b"], size=6)
+    gray = image_tree({"train": 1}, ["a"], size=6, grey=True, seed=1)
+    first_name = "train/a/0000-gray.png"
+    files = {**colour, first_name: next(iter(gray.values()))}
+    write_tree_folder(tmp_path / "root", files)
+    dataset = load_dataset("imagefolder", data_dir=tmp_path / "root", cache_dir=tmp_path / "cache")
+    images, labels = dataset.splits["train"]
+    assert dataset.channels == 3 and tuple(images.shape) == (5, 3, 6, 6)
+    gray_pixels = torch.from_numpy(files[first_name])
+    assert all(torch.equal(images[0, c], gray_pixels) for c in range(3))
+    colour_pixels = torch.from_numpy(files["train/a/train-0-0000.png"]).permute(2, 0, 1)
+    assert torch.equal(images[1], colour_pixels)
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [

@@ -214,6 +214,25 @@ def test_report_maxprob_gate_is_the_top_probability():
     assert loss.item() == pytest.approx(soft_nll, abs=1e-5)
 
 
+@pytest.mark.parametrize("name", ["proposed", "report-proposed", "report-maxprob"])
+@pytest.mark.parametrize("gap", [20.0, 40.0, 120.0])
+def test_saturated_exits_give_finite_loss_and_gradients(name, gap):
+    # An exit whose top softmax probability rounds to exactly 1 in float32 (logit gap above about 17), as
+    # a network fitting its training set produces; log(1 - p) must not become -inf with a NaN gradient.
+    logits = [t([[gap, 0.0, 0.0], [0.0, gap, 0.0]]).requires_grad_(), t([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]).requires_grad_()]
+    assert torch.softmax(logits[0], dim=1).amax().item() == 1.0
+    gate_logit = torch.tensor([gap, -gap], requires_grad=True)
+    out = OutWithLogits(logits=logits, gates=[torch.sigmoid(gate_logit)], gate_logits=[gate_logit])
+    loss, _ = get_method(name).loss(out, torch.tensor([0, 2]), TWO_COSTS)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for tensor in (*logits, gate_logit):
+        if tensor.grad is not None:
+            assert torch.isfinite(tensor.grad).all()
+    if name != "proposed":  # the confidently wrong second sample must still teach the saturated exit
+        assert logits[0].grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("name", ["report-proposed", "report-maxprob"])
 def test_detach_confidence_keeps_the_value_and_changes_the_gradient(name):
     grads = {}

@@ -18,6 +18,14 @@ def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
     assert os.listdir(tmp_path) == ["a.json"]
 
 
+def test_written_files_get_the_usual_mode_not_owner_only(tmp_path):
+    path = tmp_path / "report.html"
+    rundir.atomic_write_text(path, "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_json_of_tensors_and_non_finite(tmp_path):
     path = tmp_path / "a.json"
     rundir.write_json(path, {"t": torch.tensor([1.5, 2.0]), "nan": float("nan"), "i": torch.tensor(3)})

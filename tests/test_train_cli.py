@@ -94,6 +94,12 @@ def test_alphas_of_the_wrong_length(data_dir, tmp_path):
     assert not (tmp_path / "r").exists()  # a config that cannot be built leaves no run directory behind
 
 
+def test_a_subset_too_small_for_a_validation_split_leaves_no_run_behind(tmp_path):
+    result = invoke(["train", "--subset", "20", "--width", "0.125", "--run-dir", tmp_path / "r"], tmp_path)
+    assert result.exit_code == 1 and "the val split of synthetic is empty" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
 @needs_fashion
 def test_existing_run_dir_overwrite_resume_and_finished(data_dir, tmp_path):
     run = tmp_path / "run"

@@ -19,7 +19,7 @@ import torch
 from repro.errors import ReproError
 from repro.rundir import load_torch, save_torch
 
-CACHE_FORMAT = 1  # bump when the payload layout or any reader's output changes
+CACHE_FORMAT = 2  # bump when the payload layout or any reader's output changes
 CACHE_FOLDER = ".cache"
 
 

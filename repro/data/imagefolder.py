@@ -62,7 +62,12 @@ def read_image_folder(root: Path, required=("train", "test")):
                 labels.append(label)
         if not images:
             raise ReproError(f"{root}: {split}/ holds no images")
-        splits[split] = (torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+        channels = max(image.shape[0] for image in images)
+        stacked = np.stack([np.broadcast_to(image, (channels, *image.shape[1:])) for image in images])
+        splits[split] = (torch.from_numpy(stacked), torch.tensor(labels, dtype=torch.int64))
+    if decoder.colour:
+        # A folder mixing grayscale and colour images is a colour data set: repeat the gray channel.
+        splits = {name: (images.expand(-1, 3, -1, -1).contiguous(), labels) for name, (images, labels) in splits.items()}
     return splits, classes
 
 
@@ -110,11 +115,11 @@ def _arrange(root: Path, entries) -> dict[str, dict[str, dict[str, object]]]:
 
 
 class _Decoder:
-    """Decodes image bytes to uint8 [C, H, W]; every image must share the first one's size and colour kind."""
+    """Decodes image bytes to uint8 [C, H, W] (C = 1 for gray, 3 for colour); every image must share the first one's size."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.mode = None  # "L" or "RGB", from the first image
+        self.colour = False  # True once any image is in colour: then every image is read as RGB
         self.size = None  # (width, height) in pixels, from the first image
 
     def __call__(self, name: str, data: bytes) -> np.ndarray:
@@ -122,8 +127,7 @@ class _Decoder:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
-                if self.mode is None:
-                    self.mode = "L" if image.mode in _GRAY_MODES else "RGB"
+                if self.size is None:
                     self.size = image.size
                     if image.size[0] != image.size[1]:
                         raise ReproError(f"{where} is {image.size[0]}x{image.size[1]}: images must be square")
@@ -132,7 +136,11 @@ class _Decoder:
                         f"{where} is {image.size[0]}x{image.size[1]}, but the first image was "
                         f"{self.size[0]}x{self.size[1]}; all images must have one size"
                     )
-                array = np.asarray(image.convert(self.mode), dtype=np.uint8)
+                # Each image keeps its own kind (1 or 3 channels) until all are read: the first image
+                # being gray must not turn a colour folder gray.
+                mode = "L" if image.mode in _GRAY_MODES else "RGB"
+                self.colour |= mode == "RGB"
+                array = np.asarray(image.convert(mode), dtype=np.uint8)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             if isinstance(error, ReproError):
                 raise

@@ -71,7 +71,7 @@ def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> Ear
             for b in range(last):
                 h = model.run_segment(b, h)
                 logits, gate, _ = model.branches[b](h)
-                if fires(criterion, scores(criterion, logits, gate).double(), values[b]).item():
+                if fires(criterion, scores(criterion, logits, gate), values[b]).item():
                     exits[i] = b
                     break
             else:
@@ -98,7 +98,7 @@ def early_exit_batched(model, x: torch.Tensor, criterion: str, thresholds, batch
             for b in range(last):
                 h = model.run_segment(b, h)
                 logits, gate, _ = model.branches[b](h)
-                fired = fires(criterion, scores(criterion, logits, gate).double(), values[b])
+                fired = fires(criterion, scores(criterion, logits, gate), values[b])
                 if fired.any():
                     left = active[fired]
                     exits[left] = b
