@@ -402,8 +402,22 @@ def _metrics_row(epoch: int, train: dict, val: dict, num_exits: int, lr: float) 
     return row
 
 
+def describe_epoch(row: dict) -> str:
+    """One line per epoch, for the terminal and train.log alike: losses and terms, accuracies in percent
+    (the method's output, then every exit shallow to final), mean gate per early exit, expected cost."""
+    terms = "  ".join(
+        f"{key[len('train_'):]} {value:.4f}" for key, value in row.items()
+        if key.startswith("train_") and key != "train_loss" and not key.startswith("train_ce_exit")
+    )
+    exits = " ".join(f"{100 * row[k]:.1f}" for k in row if k.startswith("val_acc_exit"))
+    gates = " ".join(f"{row[k]:.2f}" for k in row if k.startswith("gate_mean_exit") and row[k] is not None)
+    return (
+        f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}{'  ' + terms if terms else ''}  "
+        f"val loss {row['val_loss']:.4f}  val acc {100 * row['val_acc_method']:.2f}%  exits [{exits}]"
+        f"{f'  gates [{gates}]' if gates else ''}  cost {row['expected_cost']:.3f}  "
+        f"lr {row['lr']:.3g}  {row['images_per_second']:,.0f} img/s"
+    )
+
+
 def _log_line(row: dict, improved: bool) -> str:
-    exits = " ".join(f"{row[k]:.3f}" for k in row if k.startswith("val_acc_exit"))
-    return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}"
-            f"{' (best)' if improved else ''}, val acc method {row['val_acc_method']:.4f}, per exit [{exits}], "
-            f"expected cost {row['expected_cost']:.3f}, lr {row['lr']:.3g}, {row['seconds']:.1f} s")
+    return f"{describe_epoch(row)}{'  (best so far)' if improved else ''}  {row['seconds']:.1f} s"

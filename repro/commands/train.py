@@ -186,8 +186,6 @@ class _RichProgress:
             self.progress.update(self.task, advance=images, loss=f"{loss:.4f}")
 
     def end_epoch(self, row: dict) -> None:
-        exits = " ".join(f"{100 * row[k]:.1f}" for k in row if k.startswith("val_acc_exit"))
-        self.progress.console.print(
-            f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-            f"val acc {100 * row['val_acc_method']:.2f}%  exits [{exits}]  cost {row['expected_cost']:.3f}  "
-            f"{row['images_per_second']:,.0f} img/s", highlight=False, soft_wrap=True)
+        from repro.trainer import describe_epoch
+
+        self.progress.console.print(describe_epoch(row), highlight=False, soft_wrap=True, markup=False)
