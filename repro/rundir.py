@@ -170,7 +170,9 @@ def load_torch(path: Path, what: str | None = None, map_location="cpu"):
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file (RuntimeError, EOFError, pickle errors)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ReproError(f"{path} is corrupt or not a repro checkpoint ({reason[:160]})") from None
+        if len(reason) > 160:  # torch's messages run long: keep whole words
+            reason = reason[:160].rsplit(" ", 1)[0] + " ..."
+        raise ReproError(f"{path} is corrupt or not a repro checkpoint ({reason})") from None
 
 
 def file_sha256(path: Path) -> str:
