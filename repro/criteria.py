@@ -24,22 +24,24 @@ CRITERIA = ("entropy", "maxprob", "gate")
 THRESHOLD_RANGE = (0.0, 1.0)
 
 
-def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
-    # bf16/fp16 logits are scored in float32; float64 logits (exactness tests) stay float64.
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+def _as_float64(logits: torch.Tensor) -> torch.Tensor:
+    # Scores are computed in float64 (exact widening of float32/bf16 logits): in float32 the top
+    # probability of a confident exit rounds to exactly 1.0 (any logit gap above about 17), and then no
+    # threshold in [0, 1] could keep it from exiting. float64 saturates only beyond a gap of about 37.
+    return logits.double()
 
 
 def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) over the last dimension divided by log C: 0 = one-hot, 1 = uniform."""
     num_classes = logits.shape[-1]
-    log_probs = torch.log_softmax(_at_least_float32(logits), dim=-1)
+    log_probs = torch.log_softmax(_as_float64(logits), dim=-1)
     entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
     return (entropy / math.log(num_classes)).clamp(0.0, 1.0) if num_classes > 1 else torch.zeros_like(entropy)
 
 
 def max_probability(logits: torch.Tensor) -> torch.Tensor:
     """Top softmax probability over the last dimension."""
-    return torch.softmax(_at_least_float32(logits), dim=-1).amax(dim=-1)
+    return torch.softmax(_as_float64(logits), dim=-1).amax(dim=-1)
 
 
 def check_criterion(criterion: str, has_gates: bool = True) -> str:
@@ -60,7 +62,7 @@ def scores(criterion: str, logits: torch.Tensor, gates: torch.Tensor | None = No
         return normalised_entropy(early_logits)
     if criterion == "maxprob":
         return max_probability(early_logits)
-    return _at_least_float32(gates)
+    return _as_float64(gates)
 
 
 def fires(criterion: str, score: torch.Tensor, threshold) -> torch.Tensor:
