@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from repro.models.layers import eval_mode
+
 
 @dataclass(frozen=True)
 class ExitCosts:
@@ -59,28 +61,22 @@ def measure_costs(model) -> ExitCosts:
     and every module's train/eval flag restored afterwards."""
     parameter = next(model.parameters())
     x = torch.zeros(1, *model.input_shape, dtype=parameter.dtype, device=parameter.device)
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            segment_flops, head_flops, gate_flops = [], [], []
-            for b in range(model.num_exits):
-                start, stop = model.segment_bounds[b]
-                flops = 0
-                for index in range(start, stop):
-                    stage_flops, x = _counted_flops(model.stages[index], x)
-                    flops += stage_flops
-                segment_flops.append(flops)
-                if b < model.num_exits - 1:
-                    branch = model.branches[b]
-                    features_flops, features = _counted_flops(branch.features, x)
-                    classify_flops, _ = _counted_flops(branch.classify, features)
-                    head_flops.append(features_flops + classify_flops)
-                    gate_flops.append(_counted_flops(branch.gate, features)[0])
-            classifier_flops, _ = _counted_flops(model.classifier, x)
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with eval_mode(model), torch.no_grad():
+        segment_flops, head_flops, gate_flops = [], [], []
+        for b in range(model.num_exits):
+            start, stop = model.segment_bounds[b]
+            flops = 0
+            for index in range(start, stop):
+                stage_flops, x = _counted_flops(model.stages[index], x)
+                flops += stage_flops
+            segment_flops.append(flops)
+            if b < model.num_exits - 1:
+                branch = model.branches[b]
+                features_flops, features = _counted_flops(branch.features, x)
+                classify_flops, _ = _counted_flops(branch.classify, features)
+                head_flops.append(features_flops + classify_flops)
+                gate_flops.append(_counted_flops(branch.gate, features)[0])
+        classifier_flops, _ = _counted_flops(model.classifier, x)
 
     num_early = model.num_exits - 1
     backbone_flops = [sum(segment_flops[: b + 1]) for b in range(model.num_exits)]

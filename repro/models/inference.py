@@ -21,6 +21,7 @@ import torch
 
 from repro.criteria import check_criterion, check_thresholds, fires, scores, select_exits
 from repro.errors import ReproError
+from repro.models.layers import eval_mode
 
 
 class EarlyExitResult(NamedTuple):
@@ -33,17 +34,12 @@ class EarlyExitResult(NamedTuple):
 
 @contextmanager
 def _eval_mode(model):
-    """Eval mode for the call (dropout off, batch norm on running statistics); restores flags after."""
+    """Eval mode for the call; a model already in eval mode is left as it is (no per-call bookkeeping)."""
     if not model.training:
         yield
         return
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def _prepare(model, x: torch.Tensor, criterion: str, thresholds) -> list[float]:

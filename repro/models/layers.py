@@ -6,6 +6,8 @@ from these pieces; nothing here knows about exits (see exits.py for those).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from torch import nn
 
 CLASSIFIERS = ("report", "linear")
@@ -47,3 +49,16 @@ def classifier_head(kind: str, in_features: int, hidden: int, num_classes: int, 
         layers += [nn.Linear(size_in, hidden), nn.ReLU(inplace=True)]
     layers.append(nn.Linear(hidden, num_classes))
     return nn.Sequential(*layers)
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode for the duration (dropout off, batch norm on its running statistics); every module's own
+    train/eval flag is restored afterwards, so measuring or running a model never changes how it trains."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
