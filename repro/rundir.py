@@ -35,6 +35,7 @@ OUTPUTS = "outputs.pt"  # every exit's raw outputs on val and test (repro eval)
 EVAL = "eval.json"  # per-exit accuracy, costs, the default operating point (repro eval)
 TIMING = "timing.json"  # measured latencies and speed-ups (repro eval --timing)
 SWEEP = "sweep.csv"  # threshold sweep: accuracy vs cost for every criterion (repro sweep)
+SWEEP_SOURCE = "sweep.source.json"  # the checkpoint and sweep.csv hashes the sweep was computed from
 CALIBRATION = "calibration.json"  # threshold chosen on validation for a budget (repro sweep)
 
 

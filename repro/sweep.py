@@ -14,6 +14,9 @@ gates once (outputs.pt); everything here is a pure function of those tensors (ST
   (`max_drop`, in accuracy points) or a compute budget (`budget`, a fraction of the plain network's MACs),
   then reported on test. This is what the paper asks for and the reproduction report could not do.
 - `sweep_run`: the `repro sweep` pipeline for one run directory (reads and writes through repro.rundir).
+  calibration.json records the SHA-256 of the checkpoint its outputs came from; sweep.csv, whose columns
+  are fixed, records it in a sidecar (rundir.SWEEP_SOURCE, read back by `sweep_checkpoint`), so a report never
+  shows a sweep of an older checkpoint beside a fresh `repro eval`.
 
 Units: accuracies and exit fractions are fractions in [0, 1]; MACs are multiply-accumulates per image;
 MAC speed-up = plain_macs / mean_macs (the network without exits over the early-exit network's mean).
@@ -36,6 +39,9 @@ CRITERION_CHOICES = (*criteria.CRITERIA, "all")
 # Accuracy and MAC comparisons in calibration allow for float rounding of count / N and F * plain_macs.
 TOLERANCE = 1e-12
 SPLITS = ("val", "test")
+# sweep.csv's sidecar: {"checkpoint_sha256": of the checkpoint swept, "sweep_sha256": of the sweep.csv it
+# vouches for}. A hash, not the files' mtimes: re-running `repro eval` on the same checkpoint rewrites
+# outputs.pt without making the sweep wrong, and copies of run folders need not keep mtimes.
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -498,7 +504,38 @@ def sweep_run(
     outputs = load_outputs(run)
     thresholds = parse_thresholds(threshold_list, per_exit, outputs.num_exits - 1)
     result = sweep_outputs(outputs.splits, outputs.exit_macs, outputs.plain_macs, criterion, thresholds, count, target)
-    rundir.write_csv(run.file(rundir.SWEEP), result.rows())
+    write_sweep(run, result.rows(), outputs.checkpoint_sha256)
     if result.calibration is not None:
-        rundir.write_json(run.file(rundir.CALIBRATION), result.calibration.to_dict())
+        calibration = {**result.calibration.to_dict(), "checkpoint_sha256": outputs.checkpoint_sha256}
+        rundir.write_json(run.file(rundir.CALIBRATION), calibration)
     return result
+
+
+def write_sweep(run, rows: list[dict], checkpoint_sha256: str) -> None:
+    """sweep.csv, then its sidecar naming the checkpoint swept and the csv's own SHA-256.
+
+    In that order: a crash between the two leaves a sidecar that does not match the new csv, which reads
+    as unknown origin (a rerun is asked for), never an old csv vouched for by a new sidecar.
+    """
+    from repro import rundir
+
+    rundir.write_csv(run.file(rundir.SWEEP), rows)
+    source = {"checkpoint_sha256": checkpoint_sha256, "sweep_sha256": rundir.file_sha256(run.file(rundir.SWEEP))}
+    rundir.write_json(run.file(rundir.SWEEP_SOURCE), source)
+
+
+def sweep_checkpoint(run) -> str | None:
+    """SHA-256 of the checkpoint the run's sweep.csv was computed from; None when that cannot be told (no
+    sidecar: written by an older repro; an unreadable one; or one written for another sweep.csv)."""
+    from repro import rundir
+
+    if not run.has(rundir.SWEEP) or not run.has(rundir.SWEEP_SOURCE):
+        return None
+    try:
+        source = rundir.read_json(run.file(rundir.SWEEP_SOURCE))
+    except ReproError:
+        return None
+    if not isinstance(source, dict) or source.get("sweep_sha256") != rundir.file_sha256(run.file(rundir.SWEEP)):
+        return None
+    recorded = source.get("checkpoint_sha256")
+    return recorded if isinstance(recorded, str) else None

@@ -149,11 +149,19 @@ def test_timing_writes_its_figures(proposed_run):
     timing = json.loads(proposed_run.file(rundir.TIMING).read_text())
     assert timing["device"].startswith("cpu: ") and timing["n_images"] == 8 and timing["batch_size"] == 4
     assert timing["operating_point"] == {"criterion": "gate", "thresholds": [0.5] * 9}
+    assert timing["checkpoint_sha256"] == rundir.file_sha256(proposed_run.file(rundir.CHECKPOINT))
+    # 8 images in batches of 4 are 2 batches: timed in 5 rounds, so that p95 is over 10 batches.
+    assert timing["batch_rounds"] == 5
     for path in ("plain", "full", "early_exit"):
         stats = timing["batch1"][path]
         assert 0 < stats["median_ms"] <= stats["p95_ms"] and stats["mean_ms"] > 0
-        assert timing["batched"][path]["ms_per_image"] > 0
+        batched = timing["batched"][path]
+        assert 0 < batched["median_ms"] <= batched["p95_ms"] and batched["mean_ms"] > 0
+        assert batched["ms_per_image"] == batched["mean_ms"]  # the key the report and older readers use
     assert timing["measured_speedup"]["batch1"] == pytest.approx(timing["batch1"]["plain"]["mean_ms"] / timing["batch1"]["early_exit"]["mean_ms"])
+    assert timing["measured_speedup"]["batched"] == pytest.approx(
+        timing["batched"]["plain"]["ms_per_image"] / timing["batched"]["early_exit"]["ms_per_image"]
+    )
     # The timed early exits are those of the stored outputs at the operating point, on the first 8 test images.
     outputs = torch.load(proposed_run.file(rundir.OUTPUTS), weights_only=True)
     test = outputs["splits"]["test"]
@@ -163,6 +171,23 @@ def test_timing_writes_its_figures(proposed_run):
     summary = json.loads(proposed_run.file(rundir.EVAL).read_text())
     expected = summary["plain_macs"] / outputs["exit_macs"].double()[exits].mean().item()
     assert timing["macs_speedup"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_report_takes_timing_sweep_and_calibration_of_the_current_checkpoint(proposed_run):
+    from repro.report.collect import collect
+
+    result = runner.invoke(app, ["sweep", str(proposed_run.path), "--thresholds", "5", "--max-drop", "100"])
+    assert result.exit_code == 0, result.output
+    (record,) = collect([proposed_run.path]).runs
+    assert record.missing == [] and record.timing and record.calibration and record.sweep is not None
+
+
+def test_batched_stats_are_per_image_over_batches():
+    from repro.timing import batched_stats
+
+    # Batches of 4, 4 and 2 images taking 8, 12 and 6 ms: 2, 3 and 3 ms per image; 26 ms for 10 images.
+    stats = batched_stats([8.0, 12.0, 6.0], [4, 4, 2])
+    assert stats == {"ms_per_image": 2.6, "mean_ms": 2.6, "median_ms": 3.0, "p95_ms": 3.0}
 
 
 def test_entropy_method_and_baseline_operating_points(tmp_path):

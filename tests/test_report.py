@@ -28,6 +28,8 @@ from repro.report.figures import FIGURES, mean_front
 from repro.report.references import builtin_references, load_references
 from repro.report.render import markdown_escape
 from repro.report.tables import table1, table2, table2_exits, table3
+from repro.rundir import SWEEP_SOURCE
+from repro.sweep import write_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A run directory's name cannot hold "/", so the closing tag cannot be part of it.
@@ -345,6 +347,97 @@ def test_stale_eval_is_not_reported(tmp_path):
     assert t1.cell("bnet", "Final exit (%)").commands == [f"repro eval {path}"]
 
 
+def _record_checkpoint(path: Path, name: str, sha256: str | None) -> None:
+    """Set (or, with None, remove as an older repro wrote it) the checkpoint a JSON file of a run records."""
+    data = rundir.read_json(path / name)
+    data.pop("checkpoint_sha256", None)
+    if sha256 is not None:
+        data["checkpoint_sha256"] = sha256
+    rundir.write_json(path / name, data)
+
+
+def checkpointed_run(runs: Path, name: str = "bnet") -> Path:
+    """A run with a checkpoint.pt whose SHA-256 every derived file records (sweep.csv through its sidecar).
+
+    Its numbers are easy to spot: early-exit latency 3.700 ms, calibrated test accuracy 65.43 %.
+    """
+    path = write_run(runs, name, config("bnet", 0), [0.5, 0.6, 0.7, 0.80], timing_ms=(6.0, 3.7))
+    (path / rundir.CHECKPOINT).write_bytes(b"weights of the first training")
+    sha256 = rundir.file_sha256(path / rundir.CHECKPOINT)
+    calibration = rundir.read_json(path / rundir.CALIBRATION)
+    calibration["test"]["accuracy"] = 0.6543
+    rundir.write_json(path / rundir.CALIBRATION, calibration)
+    for file in (rundir.EVAL, rundir.TIMING, rundir.CALIBRATION):
+        _record_checkpoint(path, file, sha256)
+    write_sweep(rundir.RunDir(path), rundir.read_csv(path / rundir.SWEEP), sha256)
+    return path
+
+
+def test_results_of_the_current_checkpoint_are_reported(tmp_path):
+    checkpointed_run(tmp_path / "runs")
+    collection = collect([tmp_path / "runs"])
+    (record,) = collection.runs
+    assert collection.missing == []
+    assert record.eval and record.timing and record.calibration and record.sweep is not None
+    assert table2(collection, load_references())[0].cell("bnet", "Latency (ms)").text == "3.700"
+    assert table3(collection)[0].cell("bnet", "Test accuracy (%)").text == "65.43"
+
+
+def test_a_fresh_eval_of_a_retrained_run_never_shows_the_old_sweep_calibration_or_timing(tmp_path):
+    runs = tmp_path / "runs"
+    path = checkpointed_run(runs)
+    # Resumed and re-evaluated: new checkpoint.pt and eval.json; timing, sweep and calibration not recomputed.
+    (path / rundir.CHECKPOINT).write_bytes(b"weights after resuming")
+    _record_checkpoint(path, rundir.EVAL, rundir.file_sha256(path / rundir.CHECKPOINT))
+    collection = collect([runs])
+    (record,) = collection.runs
+    assert record.eval is not None and record.timing is None and record.sweep is None and record.calibration is None
+    commands = {m.what: m.command for m in collection.missing}
+    assert commands == {
+        rundir.TIMING: f"repro eval {path} --timing",
+        rundir.SWEEP: f"repro sweep {path}",
+        rundir.CALIBRATION: f"repro sweep {path} --max-drop 1.0",
+    }
+    assert all("another checkpoint" in m.why for m in collection.missing)
+    t2 = table2(collection, load_references())[0]
+    for column in ("Latency (ms)", "Plain network (ms)", "Measured speed-up"):
+        assert t2.cell("bnet", column).missing and t2.cell("bnet", column).commands == [f"repro eval {path} --timing"]
+    assert t2.cell("bnet", "Accuracy (%)").text == "80.00"  # the fresh eval.json is reported
+    cell = table3(collection)[0].cell("bnet", "Test accuracy (%)")
+    assert cell.missing and cell.commands == [f"repro sweep {path} --max-drop 1.0"]
+    md = build_report([runs], tmp_path / "out").markdown.read_text()
+    assert "3.700" not in md and "65.43" not in md
+    assert f"`repro eval {path} --timing`" in md and f"`repro sweep {path}`" in md
+
+
+@pytest.mark.parametrize("case", ["other", "unrecorded"])
+@pytest.mark.parametrize("what", [rundir.TIMING, rundir.CALIBRATION, rundir.SWEEP])
+def test_a_file_of_another_or_an_unknown_checkpoint_is_missing(tmp_path, what, case):
+    path = checkpointed_run(tmp_path / "runs")
+    sha256 = "f" * 64 if case == "other" else None
+    if what == rundir.SWEEP and sha256:
+        write_sweep(rundir.RunDir(path), rundir.read_csv(path / rundir.SWEEP), sha256)
+    elif what == rundir.SWEEP:
+        (path / SWEEP_SOURCE).unlink()  # written before sweep.csv had a sidecar
+    else:
+        _record_checkpoint(path, what, sha256)
+    collection = collect([tmp_path / "runs"])
+    (record,) = collection.runs
+    (item,) = collection.missing
+    assert item.what == what and item.command == record.command(what)
+    assert ("another checkpoint" if sha256 else "does not record the checkpoint") in item.why
+    assert getattr(record, {rundir.TIMING: "timing", rundir.CALIBRATION: "calibration", rundir.SWEEP: "sweep"}[what]) is None
+    assert record.eval is not None
+
+
+def test_a_sweep_csv_rewritten_after_its_sidecar_cannot_be_checked(tmp_path):
+    path = checkpointed_run(tmp_path / "runs")
+    rows = rundir.read_csv(path / rundir.SWEEP)
+    rundir.write_csv(path / rundir.SWEEP, rows[:2])  # e.g. an older `repro sweep`, which writes no sidecar
+    (item,) = collect([tmp_path / "runs"]).missing
+    assert item.what == rundir.SWEEP and item.command == f"repro sweep {path}"
+
+
 def test_markdown_escape():
     assert markdown_escape("a|b <i>*x*</i> [l](u) `c`") == r"a\|b &lt;i&gt;\*x\*&lt;/i&gt; \[l\](u) \`c\`"
 
@@ -353,7 +446,7 @@ def test_markdown_escape():
 
 
 def test_cli_writes_the_report_and_says_where(tmp_path, monkeypatch):
-    runs = write_fixture_runs(tmp_path)
+    write_fixture_runs(tmp_path)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["report", "runs"])
     assert result.exit_code == 0, result.output

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from repro import criteria, rundir
 from repro.cli import app
-from repro.sweep import SplitOutputs
+from repro.rundir import SWEEP_SOURCE
+from repro.sweep import SplitOutputs, sweep_checkpoint
 
 runner = CliRunner()
 EXIT_MACS = [10.0, 25.0, 45.0, 70.0, 100.0]
@@ -48,13 +49,33 @@ def test_sweep_writes_csv_and_calibration(run):
         assert row["exit_fractions"] == pytest.approx((torch.bincount(exits, minlength=5) / exits.numel()).tolist())
         assert row["pareto"] in ("true", "false")
     calibration = json.loads(run.file(rundir.CALIBRATION).read_text())
-    assert set(calibration) == {"criterion", "target", "thresholds", "val", "test"}
+    assert set(calibration) == {"criterion", "target", "thresholds", "val", "test", "checkpoint_sha256"}
+    # Both record the checkpoint swept (sweep.csv, whose columns are fixed, through its sidecar).
+    sha256 = rundir.file_sha256(run.file(rundir.CHECKPOINT))
+    assert calibration["checkpoint_sha256"] == sha256 == outputs["checkpoint_sha256"]
+    assert sweep_checkpoint(run) == sha256
     assert calibration["target"] == {"max_drop": 1.0} and len(calibration["thresholds"]) == 4
     # The calibrated point is one of the val rows, within 1 point of the final exit's val accuracy.
     final_val = (outputs["splits"]["val"]["logits"][-1].argmax(-1) == outputs["splits"]["val"]["targets"]).double().mean().item()
     assert calibration["val"]["accuracy"] >= final_val - 0.01 - 1e-12
     val_rows = [r for r in rows if r["split"] == "val" and r["criterion"] == calibration["criterion"]]
     assert any(float(r["threshold"]) == calibration["thresholds"][0] and float(r["mean_macs"]) == calibration["val"]["mean_macs"] for r in val_rows)
+
+
+def test_sweep_source_names_the_checkpoint_and_the_csv(run):
+    result = invoke("sweep", run.path, "--thresholds", 5)
+    assert result.exit_code == 0, result.output
+    assert str(run.file(SWEEP_SOURCE)) in "".join(result.output.split())  # rich folds long paths anywhere
+    source = json.loads(run.file(SWEEP_SOURCE).read_text())
+    assert source == {"checkpoint_sha256": rundir.file_sha256(run.file(rundir.CHECKPOINT)),
+                      "sweep_sha256": rundir.file_sha256(run.file(rundir.SWEEP))}
+    # A sweep.csv the sidecar was not written for (edited, or by an older repro), or no sidecar: origin unknown.
+    run.file(rundir.SWEEP).write_text(run.file(rundir.SWEEP).read_text() + "\n")
+    assert sweep_checkpoint(run) is None
+    run.file(SWEEP_SOURCE).unlink()
+    assert sweep_checkpoint(run) is None
+    run.file(SWEEP_SOURCE).write_text("{not json")
+    assert sweep_checkpoint(run) is None
 
 
 def test_explicit_and_per_exit_thresholds(run):

@@ -56,7 +56,7 @@ def sweep(
                 continue
             raise
         console.print(summary_table(run.name, result))
-        written = [rundir.SWEEP] + ([rundir.CALIBRATION] if result.calibration is not None else [])
+        written = [rundir.SWEEP, rundir.SWEEP_SOURCE] + ([rundir.CALIBRATION] if result.calibration is not None else [])
         console.print(f"wrote {', '.join(str(run.file(name)) for name in written)}", highlight=False)
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from repro import rundir
 from repro.errors import ReproError
+from repro.sweep import sweep_checkpoint
 
 # Config keys that name or place a run rather than define the experiment; with `seed` they are ignored when grouping.
 NOT_GROUPED = ("seed", "run_dir", "name", "device")
@@ -219,20 +220,38 @@ def read_run(run: rundir.RunDir) -> RunRecord:
     return record
 
 
+# The files computed from checkpoint.pt, and the RunRecord attribute that holds each.
+DERIVED = {rundir.EVAL: "eval", rundir.TIMING: "timing", rundir.SWEEP: "sweep", rundir.CALIBRATION: "calibration"}
+
+
 def _drop_stale(record: RunRecord, commands: dict[str, str]) -> None:
-    """eval.json (and what was derived with it) from another checkpoint than the run's is not reported."""
+    """Results of another checkpoint than the run's checkpoint.pt are not reported, each file judged alone.
+
+    After a retrain or resume, a fresh `repro eval` must not bring the old sweep, calibration or timing
+    back beside it. eval.json, timing.json and calibration.json record the checkpoint's SHA-256; sweep.csv,
+    whose columns are fixed, records it in a sidecar (repro.sweep.sweep_checkpoint). A file that records no
+    checkpoint (an older repro wrote it) cannot be checked and is dropped too; a run without checkpoint.pt
+    has nothing to check against, and everything is kept.
+    """
     run = record.run
-    recorded = (record.eval or {}).get("checkpoint_sha256")
-    if not recorded or not run.has(rundir.CHECKPOINT):
+    if not run.has(rundir.CHECKPOINT):
         return
-    if rundir.file_sha256(run.file(rundir.CHECKPOINT)) == recorded:
-        return
-    why = "computed from another checkpoint than the run's checkpoint.pt"
-    derived = {rundir.EVAL: "eval", rundir.TIMING: "timing", rundir.SWEEP: "sweep", rundir.CALIBRATION: "calibration"}
-    for name, attribute in derived.items():
-        if getattr(record, attribute) is not None:
-            record.missing.append(Missing(str(run.path), name, why, commands[name]))
-            setattr(record, attribute, None)
+    current = rundir.file_sha256(run.file(rundir.CHECKPOINT))
+    recorded = {
+        rundir.EVAL: _get(record.eval, "checkpoint_sha256"),
+        rundir.TIMING: _get(record.timing, "checkpoint_sha256"),
+        rundir.SWEEP: sweep_checkpoint(run) if record.sweep is not None else None,
+        rundir.CALIBRATION: _get(record.calibration, "checkpoint_sha256"),
+    }
+    for name, attribute in DERIVED.items():
+        if getattr(record, attribute) is None or recorded[name] == current:
+            continue
+        if recorded[name]:
+            why = "computed from another checkpoint than the run's checkpoint.pt"
+        else:
+            why = "does not record the checkpoint it was computed from, so it cannot be checked against checkpoint.pt"
+        record.missing.append(Missing(str(run.path), name, why, commands[name]))
+        setattr(record, attribute, None)
 
 # ---------------------------------------------------------------------------------------------- per-run values
 
