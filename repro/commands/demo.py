@@ -27,7 +27,7 @@ def demo(
     config = DemoConfig(runs=runs, out=out, seed=seed)
     config.epochs = epochs or config.epochs
     config.subset = subset or config.subset
-    result = run_demo(config, log=lambda line: console.print(line, markup=False, highlight=False))
+    result = run_demo(config, log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
     report = result.report
     console.print(
         f"[green]done[/] in {time.perf_counter() - start:.0f} s: {len(result.runs)} runs in {runs}, "
