@@ -14,11 +14,11 @@ from repro.console import cli_errors, console
 def evaluate(
     run: Annotated[Path, typer.Argument(help="The run directory (holds config.json and checkpoint.pt).", show_default=False)],
     timing: Annotated[bool, typer.Option("--timing", help="Also time plain, full and early-exit inference (timing.json).")] = False,
-    timing_images: Annotated[int, typer.Option("--timing-images", help="Test images to time.")] = 1000,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch for evaluation and batched timing.")] = 256,
+    timing_images: Annotated[int, typer.Option("--timing-images", min=1, help="Test images to time.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch for evaluation and batched timing.")] = 256,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[
-        int | None, typer.Option("--threads", help="CPU threads while timing (default: torch's); 1 is steadier on a busy machine.")
+        int | None, typer.Option("--threads", min=1, help="CPU threads while timing (default: torch's); 1 is steadier on a busy machine.")
     ] = None,
 ):
     """Run every exit once over val and test: RUN/outputs.pt and RUN/eval.json (and RUN/timing.json)."""
