@@ -290,6 +290,22 @@ def test_cache_serves_later_loads_and_never_a_changed_source(tmp_path, monkeypat
     assert len(list((tmp_path / "cache").glob("cifar10-*.pt"))) == 1
 
 
+def test_two_image_folders_sharing_a_cache_keep_both(tmp_path, monkeypatch):
+    from repro.data import imagefolder
+
+    for seed, root in enumerate(("one", "two")):
+        write_tree_folder(tmp_path / root, image_tree({"train": 2, "test": 1}, ["a", "b"], size=4, seed=seed))
+        load_dataset("imagefolder", data_dir=tmp_path / root, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("imagefolder-*.pt"))) == 2
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although its cache file should still be there")
+
+    monkeypatch.setattr(imagefolder, "read_image_folder", no_decoding)
+    for root in ("one", "two"):
+        load_dataset("imagefolder", data_dir=tmp_path / root, cache_dir=tmp_path / "cache")
+
+
 @pytest.mark.parametrize("garbage", [b"", b"not a torch file at all", b"PK\x03\x04 half a zip"])
 def test_corrupt_cache_file_is_rebuilt(tmp_path, garbage):
     write_tree_folder(tmp_path / "root", image_tree({"train": 2, "test": 1}, ["a", "b"], size=4))

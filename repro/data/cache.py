@@ -43,8 +43,12 @@ def cache_key(name: str, sources: list[Path], options: dict | None = None) -> st
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_path(cache_dir: Path, name: str, key: str) -> Path:
-    return Path(cache_dir) / f"{name}-{key}.pt"
+def cache_path(cache_dir: Path, name: str, key: str, sources=()) -> Path:
+    """DIR/<name>-<where>-<key>.pt: `where` (a hash of the source paths) keeps two copies of one dataset in
+    different places (two image folders, two cifar10 folders) from evicting each other's cache file;
+    `key` changes with the sources' contents, so only the stale version of the same source is replaced."""
+    where = hashlib.sha256("\n".join(str(Path(p).resolve()) for p in sources).encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"{name}-{where}-{key}.pt"
 
 
 def read_cache(path: Path) -> dict | None:
@@ -62,7 +66,8 @@ def read_cache(path: Path) -> dict | None:
 
 
 def write_cache(path: Path, payload: dict) -> bool:
-    """Store `payload` atomically and drop older cache files of the same dataset; False if the folder is read-only."""
+    """Store `payload` atomically and drop older cache files of the same dataset and source (same
+    `<name>-<where>` prefix); False if the folder is read-only."""
     path = Path(path)
     name = path.name.rsplit("-", 1)[0]
     try:

@@ -142,7 +142,7 @@ def load_dataset(
 
     folder = resolve_cache_dir(spec, data_dir, cache_dir)
     key = cache.cache_key(spec.name, list(source.paths))
-    path = cache.cache_path(folder, spec.name, key)
+    path = cache.cache_path(folder, spec.name, key, source.paths)
     payload = cache.read_cache(path)
     if payload is None:
         payload = _decode(spec, source)
