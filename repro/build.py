@@ -15,7 +15,7 @@ import torch
 
 from repro import rundir
 from repro.config import TrainConfig
-from repro.errors import ReproError
+from repro.errors import ReproError, error_reason
 
 
 def build_model(config: TrainConfig, dataset=None):
@@ -93,7 +93,7 @@ def load_run(run_dir, device: str | torch.device = "cpu") -> LoadedRun:
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise ReproError(f"checkpoint of run {run.path} does not fit the model its config describes ({first[:160]})") from None
+        reason = error_reason(error)
+        raise ReproError(f"checkpoint of run {run.path} does not fit the model its config describes ({reason})") from None
     model.to(device).eval()
     return LoadedRun(config, model, splits, dataset, run, int(checkpoint["epoch"]), float(checkpoint["val_loss"]))

@@ -26,3 +26,13 @@ def check_name(kind: str, name: str, valid) -> str:
     if name not in valid:
         raise UnknownNameError(kind, name, valid)
     return name
+
+
+def error_reason(error: BaseException, limit: int = 160) -> str:
+    """The first line of a library's exception message, cut at a word to at most `limit` characters (its
+    type name when the message is empty): the part of someone else's error worth quoting in one line."""
+    lines = str(error).strip().splitlines()
+    reason = lines[0].rstrip(":") if lines else type(error).__name__
+    if len(reason) > limit:
+        reason = reason[:limit].rsplit(" ", 1)[0] + " ..."
+    return reason

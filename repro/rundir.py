@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from repro.errors import ReproError
+from repro.errors import ReproError, error_reason
 
 # File names, defined once.
 CONFIG = "config.json"  # the resolved training config: enough to rebuild the run
@@ -170,9 +170,7 @@ def load_torch(path: Path, what: str | None = None, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file (RuntimeError, EOFError, pickle errors)
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if len(reason) > 160:  # torch's messages run long: keep whole words
-            reason = reason[:160].rsplit(" ", 1)[0] + " ..."
+        reason = error_reason(error)  # torch's messages run long: the first line, whole words
         raise ReproError(f"{path} is corrupt or not a repro checkpoint ({reason})") from None
 
 

@@ -84,3 +84,12 @@ def test_find_runs_below_folders(tmp_path):
     assert [run.path.name for run in rundir.find_runs([tmp_path])] == ["a", "b", "c"]
     with pytest.raises(ReproError, match="no runs found"):
         rundir.find_runs([tmp_path / "not-a-run"])
+
+
+def test_error_reason_quotes_one_line_in_whole_words():
+    from repro.errors import error_reason
+
+    assert error_reason(ValueError("bad header:\nsecond line")) == "bad header"
+    assert error_reason(EOFError()) == "EOFError"
+    long = ValueError("word " * 50)
+    assert error_reason(long, 22) == "word word word word ..."

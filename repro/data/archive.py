@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from repro.errors import ReproError
+from repro.errors import ReproError, error_reason
 
 # What tarfile/gzip raise for a file that is cut short, not gzip at all, or not a tar inside.
 DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
@@ -45,7 +45,7 @@ def member_entries(path: Path, want=None) -> Iterator[tuple[str, bytes | None]]:
                     handle = archive.extractfile(member)
                     yield name, handle.read()
     except DAMAGED as error:
-        reason = (str(error).splitlines() or [""])[0].rstrip(":")[:100]
+        reason = error_reason(error, 100)
         raise ReproError(
             f"{path} is truncated or not a .tar.gz archive ({type(error).__name__}: {reason}); fetch or copy it again"
         ) from None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from repro.data.archive import member_entries
-from repro.errors import ReproError
+from repro.errors import ReproError, error_reason
 
 LAYOUT = {
     # variant: (train batches, test batch, meta file, label key, class-names key)
@@ -49,7 +49,7 @@ def _unpickle(raw: bytes, where: str) -> dict:
     try:
         batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as error:  # pickle raises many types for damaged input
-        reason = (str(error).splitlines() or [""])[0][:100]
+        reason = error_reason(error, 100)
         raise ReproError(f"{where} is not a readable CIFAR batch ({type(error).__name__}: {reason})") from None
     if not isinstance(batch, dict):
         raise ReproError(f"{where} is not a CIFAR batch (a pickled dict)")

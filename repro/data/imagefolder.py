@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from repro.data.archive import member_entries
-from repro.errors import ReproError
+from repro.errors import ReproError, error_reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLIT_NAMES = ("train", "valid", "test")
@@ -144,6 +144,6 @@ class _Decoder:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             if isinstance(error, ReproError):
                 raise
-            reason = (str(error).splitlines() or [""])[0][:100]
+            reason = error_reason(error, 100)
             raise ReproError(f"cannot read image {where} ({type(error).__name__}: {reason})") from None
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from repro import rundir
-from repro.errors import ReproError
+from repro.errors import ReproError, error_reason
 from repro.sweep import sweep_checkpoint
 
 # Config keys that name or place a run rather than define the experiment; with `seed` they are ignored when grouping.
@@ -205,7 +205,7 @@ def read_run(run: rundir.RunDir) -> RunRecord:
         try:
             return reader(run.file(name))
         except (ReproError, ValueError, KeyError) as error:
-            reason = str(error).splitlines()[0][:200]
+            reason = error_reason(error, 200)
             record.missing.append(Missing(str(run.path), name, f"unreadable ({reason})", commands[name]))
             return None
 
