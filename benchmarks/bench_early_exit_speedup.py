@@ -36,9 +36,7 @@ def main(args) -> dict:
     from repro import rundir, trainer
     from repro.config import TrainConfig
     from repro.environment import select_device
-    from repro.evaluation import evaluate_run
-    from repro.sweep import sweep_run
-    from repro.timing import time_run
+    from repro.steps import evaluate_run, sweep_run, time_run
 
     data = Path(args.data)
     if not data.exists():
@@ -49,8 +47,8 @@ def main(args) -> dict:
         "report",
         model="vgg13",
         method="bnet",
-        dataset="imagefolder",
-        data_dir=str(data),
+        dataset="cifar10-jpeg",
+        data_dir=str(data.parent),
         subset=args.subset,
         epochs=args.epochs,
         lr=args.lr,
@@ -60,15 +58,15 @@ def main(args) -> dict:
     run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-speedup-vgg13-bnet-cifar10jpeg-{device}")
     seconds = {}
     start = time.perf_counter()
-    run = trainer.start_run(config, run_dir, overwrite=True)
-    fit = trainer.fit(config, run, device=device)
+    fit = trainer.fit(config, run_dir, overwrite=True, device=device)
+    run = fit.run
     seconds["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
     evaluation = evaluate_run(run, batch_size=256, device=device)
     seconds["eval"] = time.perf_counter() - start
     start = time.perf_counter()
-    swept = sweep_run(run, criterion="entropy", max_drop=args.max_drop)
+    swept = sweep_run(run, criterion="entropy", target={"max_drop": args.max_drop})
     seconds["sweep"] = time.perf_counter() - start
     calibration = swept.calibration
     # eval's default operating point for an entropy method is this same calibration (max drop 1 point).
@@ -87,7 +85,7 @@ def main(args) -> dict:
         "method": "bnet (entropy criterion)",
         "subset_train_pool": args.subset,
         "epochs_trained": fit.epochs_done,
-        "best_epoch": fit.best_epoch,
+        "selected_epoch": fit.selected_epoch,
         "calibration": calibration.to_dict(),
         "final_exit_test_accuracy": evaluation["test"]["final_accuracy"],
         "device": timing["device"],

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from repro.build import load_data
+from repro.rebuild import load_data
 from repro.config import RECIPES, TrainConfig
 from repro.environment import describe_device, select_device
 from repro.methods import get_method
@@ -67,7 +67,7 @@ def run_repro(args, device: torch.device, workdir: Path) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
 
-    from repro.build import load_run
+    from repro.rebuild import load_run
     from repro.data import DeviceLoader
 
     loaded = load_run(result.run.path, device)

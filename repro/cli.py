@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from repro.commands import data, demo, evaluate, report, sweep, train
+from repro.commands import data, demo, report, sweep, train
+from repro.commands import eval as eval_command
 
 app = typer.Typer(
     name="repro",
@@ -23,7 +24,7 @@ app = typer.Typer(
 )
 
 app.command("train")(train.train)
-app.command("eval")(evaluate.evaluate)
+app.command("eval")(eval_command.eval_command)
 app.command("sweep")(sweep.sweep)
 app.command("report")(report.report)
 app.command("demo")(demo.demo)

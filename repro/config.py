@@ -1,9 +1,11 @@
 """The training configuration: one typed dataclass, two recipes, validation in one place.
 
-A `TrainConfig` holds everything needed to rebuild a run (STYLE.md, principle 3); the trainer saves the
-resolved config as the run's config.json and `repro.build` rebuilds the model from it. A config is made
-from a recipe plus overrides (`TrainConfig.from_recipe`): recipe values replace the field defaults, then
-every option the user gave replaces the recipe's.
+`TrainConfig` is the single source of truth for every training option (STYLE.md, principle 3): each field
+carries its help text and its help panel (`option(...)`), from which `repro train`'s options, the keys of
+a grid file and `--set key=value` are all derived; defaults shown in help come from `RECIPES`, never
+restated. The trainer saves the resolved config as the run's config.json and `repro.rebuild` rebuilds the
+model from it. A config is made from a recipe plus overrides (`TrainConfig.from_recipe`): recipe values
+replace the field defaults, then every option the user gave replaces the recipe's.
 
 Recipes:
 - `report` (default): the reproduction report's setup. Adam, lr 5e-4, batch 128, up to 30 epochs with
@@ -27,61 +29,94 @@ Recipes:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+import json
+import typing
+from dataclasses import dataclass, field
 
 from repro.errors import ReproError, check_name
+from repro.parsing import number_list
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "warmup-linear", "warmup-cosine")
-CLASSIFIERS = ("report", "linear")
-HEADS = ("conv", "pool")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# Help panels of `repro train --help`, in display order.
+MODEL, DATA, METHOD, OPTIMISATION, RUN = "Model", "Data", "Method", "Optimisation", "Run"
+PANELS = (MODEL, DATA, METHOD, OPTIMISATION, RUN)
+
+
+def option(default, help: str, panel: str | None, *, choices: str | tuple | None = None, flags: str | None = None,
+           default_text: str | None = None):
+    """A TrainConfig field that is also a `repro train` option, a grid key and a `--set` key.
+
+    help: one line, no default in it (the default is shown from the field and RECIPES). panel: the help
+    panel, or None for fields filled from the data set. choices: the valid values (a tuple, or the name of
+    a registry: "models", "methods", "datasets", "classifiers", "heads", "mixes", resolved when asked).
+    flags: the switch pair of a boolean option when not `--name/--no-name`. default_text: what the
+    default means when the value None stands for "decided elsewhere" (the model's or the method's default).
+    """
+    return field(default=default, metadata={"help": help, "panel": panel, "choices": choices, "flags": flags,
+                                            "default_text": default_text})
 
 
 @dataclass
 class TrainConfig:
     # what to train
-    model: str = "vgg13"  # repro.models.list_models()
-    method: str = "proposed"  # repro.methods.list_methods()
-    dataset: str = "synthetic"  # repro.data.list_datasets(); synthetic needs no download
-    data_dir: str | None = None  # where datasets live; None = ./data or $REPRO_DATA
-    subset: int | None = None  # train on N class-balanced training images (N // 5 test); None = all
-    val_fraction: float = 0.2  # fraction of the training images held out for validation
-    split_seed: int = 0  # seed of the train/val split and subset, fixed across training seeds
-    recipe: str = "report"  # the recipe the defaults came from (RECIPES)
-    seed: int = 0  # initialisation, batch order, augmentation and dropout
+    model: str = option("vgg13", "Network", MODEL, choices="models")
+    method: str = option("proposed", "Training method: a loss over every exit's outputs (README: Methods)", METHOD, choices="methods")
+    dataset: str = option("synthetic", "Data set; synthetic is embedded and needs no download", DATA, choices="datasets")
+    data_dir: str | None = option(None, "Where data sets live", DATA, default_text="./data or $REPRO_DATA")
+    subset: int | None = option(None, "Train on N class-balanced training images (N // 5 test images)", DATA, default_text="all")
+    val_fraction: float = option(0.2, "Fraction of the training images held out for validation, in (0, 1)", DATA)
+    split_seed: int = option(0, "Seed of the train/validation split and the subset, fixed across training seeds", DATA)
+    recipe: str = option("report", "Where the defaults come from: the USI report's setup or a modern one", OPTIMISATION, choices="recipes")
+    seed: int = option(0, "Seed of initialisation, batch order, augmentation and dropout", RUN)
+    # auto resolves when training starts (bf16 autocast on CUDA and on CPUs with native bf16 instructions,
+    # else fp32); config.json holds the precision used, so resuming and skipping compare like with like.
+    precision: str = option("auto", "Arithmetic of training: auto = bf16 where the device has it natively, else fp32", RUN, choices=PRECISIONS)
     # optimisation
-    epochs: int = 30  # maximum number of passes over the training split
-    batch_size: int = 128  # images per step
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 5e-4  # peak learning rate
-    momentum: float = 0.9  # SGD momentum (unused by Adam)
-    nesterov: bool = False  # SGD Nesterov momentum
-    weight_decay: float = 0.0  # L2 coefficient (coupled, torch's weight_decay)
-    schedule: str = "constant"  # constant | warmup-linear (to 0) | warmup-cosine (to 0), stepped per batch
-    warmup_epochs: float = 0.0  # epochs of linear warm-up from 0 to lr
-    label_smoothing: float = 0.0  # eps of every CE/NLL term
-    patience: int = 5  # early stopping: epochs without a lower val loss; 0 = never stop early
-    select_best: bool = True  # checkpoint.pt = epoch with the lowest val loss (True) or the last epoch
-    augment: bool = False  # random crop (4-pixel padding) + horizontal flip of training images
+    epochs: int = option(30, "Maximum number of passes over the training split", OPTIMISATION)
+    batch_size: int = option(128, "Images per optimizer step", OPTIMISATION)
+    optimizer: str = option("adam", "Optimizer", OPTIMISATION, choices=OPTIMIZERS)
+    lr: float = option(5e-4, "Peak learning rate", OPTIMISATION)
+    momentum: float = option(0.9, "SGD momentum (unused by Adam)", OPTIMISATION)
+    nesterov: bool = option(False, "SGD Nesterov momentum", OPTIMISATION)
+    weight_decay: float = option(0.0, "L2 coefficient (coupled: torch's weight_decay)", OPTIMISATION)
+    schedule: str = option("constant", "Learning-rate schedule, stepped per batch; warm-up then decay to 0", OPTIMISATION, choices=SCHEDULES)
+    warmup_epochs: float = option(0.0, "Epochs of linear warm-up from 0 to --lr", OPTIMISATION)
+    label_smoothing: float = option(0.0, "Label smoothing eps of every cross-entropy term, in [0, 1)", OPTIMISATION)
+    patience: int = option(5, "Early stopping: epochs without a lower validation loss; 0 = never stop early", OPTIMISATION)
+    select_best: bool = option(True, "checkpoint.pt holds the epoch with the lowest validation loss, or the last epoch", OPTIMISATION,
+                               flags="--select-best/--select-last")
+    augment: bool = option(False, "Random crop (4-pixel padding) and horizontal flip of training images", OPTIMISATION)
     # model
-    exits: list[int] | None = None  # early-exit positions; None = the model's default; baseline: none
-    # None = the model family's default (vgg13/alexnet: no batch norm, the report classifier with dropout;
-    # resnet18: batch norm, linear classifier); the resolved config holds the value used.
-    batch_norm: bool | None = None
-    classifier: str | None = None  # report (vgg13: 512-4096-4096-C) | linear (512-C)
-    dropout: bool | None = None  # dropout (p = 0.5) before the hidden layers of the report classifier
-    head: str = "conv"  # exit branch: conv (the report's) | pool (cheaper)
-    width: float = 1.0  # channel multiplier (tiny models for tests and demos)
-    # method options (None where the method does not use them)
-    cost_weight: float | None = None  # proposed: lambda, nats of NLL per unit of relative cost
-    joint_weight: float | None = None  # soft-output methods: w of w * sum_b CE(f_b)
-    mix: str | None = None  # soft-output methods: probs | logits
-    alphas: list[float] | None = None  # bnet: CE weight per exit (final included); None = all 1
-    detach_confidence: bool | None = None  # report-proposed / report-maxprob: detach the confidence gates
+    exits: list[int] | None = option(None, "Early-exit positions, e.g. 0,2,4 (position p = after backbone stage p)", MODEL,
+                                     default_text="the model's; none for baseline")
+    batch_norm: bool | None = option(None, "Batch norm after each convolution (resnet18 always has it)", MODEL,
+                                     default_text="the model's: off, resnet18 on")
+    classifier: str | None = option(None, "Final classifier: report = 512-4096-4096-C (vgg13), linear = 512-C", MODEL,
+                                    choices="classifiers", default_text="the model's: report, resnet18 linear")
+    dropout: bool | None = option(None, "Dropout (p = 0.5) before the hidden layers of the report classifier", MODEL,
+                                  default_text="the model's: on")
+    head: str = option("conv", "Exit branch: conv (the report's: conv 3x3, ReLU, max-pool) or pool (global average pool)", MODEL,
+                       choices="heads")
+    width: float = option(1.0, "Channel multiplier (0.25: a quarter of the channels, for quick runs)", MODEL)
+    # method options (None where the method does not use them; `resolved` fills the method's default)
+    cost_weight: float | None = option(None, "proposed: lambda, nats of NLL per unit of expected cost (x final exit)", METHOD,
+                                       default_text="proposed 0.1")
+    joint_weight: float | None = option(None, "Soft-output methods: weight w of w * sum_b CE(f_b)", METHOD,
+                                        default_text="proposed 0, report-* 1")
+    mix: str | None = option(None, "Soft-output methods: mix class probabilities or logits", METHOD, choices="mixes",
+                             default_text="probs")
+    alphas: list[float] | None = option(None, "bnet: cross-entropy weight per exit, final included, e.g. 1,1,0.5", METHOD,
+                                        default_text="all 1")
+    detach_confidence: bool | None = option(None, "report-*: stop the soft output's gradient at the confidence gates", METHOD,
+                                            default_text="off")
     # filled from the data set
-    num_classes: int | None = None
-    in_channels: int | None = None
-    image_size: int | None = None
+    num_classes: int | None = option(None, "classes of the data set", None)
+    in_channels: int | None = option(None, "image channels of the data set", None)
+    image_size: int | None = option(None, "image side in pixels", None)
 
     # -------------------------------------------------------------------------------------- building
 
@@ -91,32 +126,25 @@ class TrainConfig:
         check_name("recipe", recipe, RECIPES)
         unknown = sorted(set(overrides) - set(field_names()))
         if unknown:
-            raise ReproError(f"unknown config field(s): {', '.join(unknown)}")
-        given = {k: v for k, v in overrides.items() if v is not None}
+            raise ReproError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(option_names())}")
+        given = {k: check_value(k, v) for k, v in overrides.items() if v is not None}
         _check_method_options(given.get("method", cls.method), given)
         values = {**RECIPES[recipe], **given, "recipe": recipe}
         return cls(**values).resolved()
 
     def resolved(self) -> "TrainConfig":
         """Method options the method uses get its defaults; the ones it does not use become None."""
-        from repro.methods import DEFAULT_COST_WEIGHT, default_joint_weight, method_option_names
-
-        check_name("method", self.method, _method_names())
-        takes = method_option_names(self.method)
-        defaults = {
-            "cost_weight": DEFAULT_COST_WEIGHT,
-            "joint_weight": default_joint_weight(self.method),
-            "mix": "probs",
-            "alphas": None,
-            "detach_confidence": False,
-        }
-        updates = {}
-        for name, default in defaults.items():
-            current = getattr(self, name)
-            updates[name] = (default if current is None else current) if name in takes else None
+        from repro.methods import method_defaults, method_option_names
         from repro.models import default_options
 
-        check_name("model", self.model, _model_names())
+        check_name("method", self.method, _registry("methods"))
+        takes = method_option_names(self.method)
+        defaults = method_defaults(self.method)
+        updates = {}
+        for name in METHOD_OPTIONS:
+            current = getattr(self, name)
+            updates[name] = (defaults.get(name) if current is None else current) if name in takes else None
+        check_name("model", self.model, _registry("models"))
         for name, default in default_options(self.model).items():
             if name in ("batch_norm", "classifier", "dropout") and getattr(self, name) is None:
                 updates[name] = default
@@ -138,23 +166,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Every rule a config must satisfy, in one place; a ReproError naming the first broken one."""
-        check_name("method", self.method, _method_names())
-        check_name("recipe", self.recipe, RECIPES)
-        check_name("model", self.model, _model_names())
-        check_name("dataset", self.dataset, _dataset_names())
-        check_name("optimizer", self.optimizer, OPTIMIZERS)
-        check_name("schedule", self.schedule, SCHEDULES)
-        if self.classifier is not None:
-            check_name("classifier", self.classifier, CLASSIFIERS)
-        check_name("head", self.head, HEADS)
-        if self.mix is not None:
-            check_name("mix", self.mix, ("probs", "logits"))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                check_value(f.name, value)
+            choices = choices_of(f.name)
+            if choices is not None and value is not None:
+                check_name("exit head" if f.name == "head" else f.name.replace("_", " "), value, choices)
         rules = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), got {self.val_fraction}"),
             (self.subset is None or self.subset >= 1, f"--subset must be a positive number of images, got {self.subset}"),
             (self.patience >= 0, f"--patience must be >= 0 (0 = never stop early), got {self.patience}"),
@@ -164,6 +188,7 @@ class TrainConfig:
             (self.cost_weight is None or self.cost_weight >= 0, f"--cost-weight must be >= 0, got {self.cost_weight}"),
             (self.joint_weight is None or self.joint_weight >= 0, f"--joint-weight must be >= 0, got {self.joint_weight}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (self.split_seed >= 0, f"--split-seed must be >= 0, got {self.split_seed}"),
         ]
         if self.alphas is not None:
             rules.append((all(a >= 0 for a in self.alphas) and any(a > 0 for a in self.alphas), f"--alphas must be >= 0 and not all 0, got {self.alphas}"))
@@ -181,35 +206,32 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        """A config read from config.json; an unknown field is an error (not silently dropped), a missing one takes its default."""
+    def from_dict(cls, data, source: str = "config.json") -> "TrainConfig":
+        """A config read from a file: an unknown field or a value of the wrong type is an error naming `source`
+        (never silently dropped or coerced); a missing field takes its default (files of older versions)."""
         if not isinstance(data, dict):
-            raise ReproError("config.json does not hold a JSON object")
+            raise ReproError(f"{source} does not hold a JSON object")
         unknown = sorted(set(data) - set(field_names()))
         if unknown:
-            raise ReproError(f"config.json has unknown field(s) {', '.join(unknown)}; it was written by another version of repro")
-        config = cls(**data)
-        config.validate()
+            raise ReproError(f"{source} has unknown field(s) {', '.join(unknown)}; it was written by another version of repro")
+        try:
+            config = cls(**{name: check_value(name, value) for name, value in data.items()})
+            config.validate()
+        except ReproError as error:
+            raise ReproError(f"{source}: {error}") from None
         return config
 
-    def differences(self, other: "TrainConfig", fields: list[str] | None = None) -> list[str]:
-        """'name: mine -> theirs' for every field (or every one of `fields`) that differs."""
-        names = fields if fields is not None else field_names()
-        return [f"{n}: {getattr(self, n)!r} -> {getattr(other, n)!r}" for n in names if getattr(self, n) != getattr(other, n)]
+    def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = ()) -> list[str]:
+        """'name: mine -> theirs' for every field that differs, but those in `ignore`."""
+        return [f"{n}: {getattr(self, n)!r} -> {getattr(other, n)!r}" for n in field_names()
+                if n not in ignore and getattr(self, n) != getattr(other, n)]
 
     def method_options(self) -> dict:
-        """Keyword arguments for repro.methods.get_method(self.method, ...)."""
-        from repro.methods import method_options
+        """Keyword arguments for repro.methods.get_method(self.method, ...): the options this method takes."""
+        from repro.methods import method_option_names
 
-        all_options = {
-            "label_smoothing": self.label_smoothing,
-            "cost_weight": self.cost_weight,
-            "joint_weight": self.joint_weight,
-            "mix": self.mix,
-            "alphas": self.alphas,
-            "detach_confidence": self.detach_confidence,
-        }
-        return method_options(self.method, **all_options)
+        takes = method_option_names(self.method)
+        return {name: getattr(self, name) for name in ("label_smoothing", *METHOD_OPTIONS) if name in takes}
 
 
 RECIPES: dict[str, dict] = {
@@ -234,39 +256,177 @@ RECIPES: dict[str, dict] = {
     },
 }
 
-# Method options and the methods that take them, for a clear error when one is given to another method.
+# The fields that configure a method's loss; a method that does not take one gets None (config.json says so).
 METHOD_OPTIONS = ("cost_weight", "joint_weight", "mix", "alphas", "detach_confidence")
+
+
+# ---------------------------------------------------------------------------------------------- field metadata
 
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+def option_names() -> list[str]:
+    """The fields a user sets (repro train options, grid keys); num_classes & co. come from the data set."""
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.metadata["panel"] is not None]
+
+
+def option_field(name: str) -> dataclasses.Field:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if name not in fields or fields[name].metadata["panel"] is None:
+        from repro.errors import UnknownNameError
+
+        raise UnknownNameError("option", name, option_names())
+    return fields[name]
+
+
+@functools.cache
+def value_type(name: str) -> tuple[type, bool]:
+    """(type, optional) of field `name`: its annotation without `| None` (int, float, str, bool, list[int],
+    list[float]), and whether None is allowed."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    return hint, optional
+
+
+def choices_of(name: str) -> tuple[str, ...] | None:
+    """The valid values of a field with a fixed set of them (registries resolved now), else None."""
+    choices = {f.name: f for f in dataclasses.fields(TrainConfig)}[name].metadata["choices"]
+    return _registry(choices) if isinstance(choices, str) else choices
+
+
+def recipe_default(name: str, recipe: str = "report"):
+    """The value field `name` takes under `recipe` when the user does not set it."""
+    return RECIPES[recipe].get(name, {f.name: f for f in dataclasses.fields(TrainConfig)}[name].default)
+
+
+def describe_default(name: str, recipe: str | None = None) -> str:
+    """The default of option `name` as help shows it: the recipe's value (both recipes' where they differ
+    and no recipe is in force), or what None stands for."""
+    meta = option_field(name).metadata
+
+    def shown(value) -> str:
+        return meta["default_text"] if value is None and meta["default_text"] else format_value(value)
+
+    recipes = [recipe] if recipe in RECIPES else list(RECIPES)
+    values = {r: recipe_default(name, r) for r in recipes}
+    if len({json.dumps(v) for v in values.values()}) == 1:
+        return shown(next(iter(values.values())))
+    return "; ".join(f"{shown(v)} ({r} recipe)" for r, v in values.items())
+
+
+def format_value(value) -> str:
+    """A value as a user types it: true/false, comma-separated lists, 'none'."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_value(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_value(name: str, value):
+    """`value` (from a file, a grid or Python) checked against field `name`'s type; ints are accepted for
+    floats (and become floats), nothing else is coerced. Returns the value to store."""
+    kind, optional = value_type(name)
+    flag = "--" + name.replace("_", "-")
+    if value is None:
+        if not optional:
+            raise ReproError(f"{flag} cannot be none")
+        return None
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (element,) = typing.get_args(kind)
+        if not isinstance(value, (list, tuple)):
+            raise ReproError(f"{flag} must be a list of {element.__name__}s, got {value!r}")
+        return [_check_scalar(flag, element, item) for item in value]
+    return _check_scalar(flag, kind, value)
+
+
+def _check_scalar(flag: str, kind: type, value):
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ReproError(f"{flag} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ReproError(f"{flag} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ReproError(f"{flag} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ReproError(f"{flag} must be a string, got {value!r}")
+    return value
+
+
+def parse_value(name: str, text: str):
+    """A value typed on a command line (`--exits 0,2`, `--set cost_weight=0.1`) -> the field's type."""
+    kind, optional = value_type(name)
+    flag = "--" + name.replace("_", "-")
+    stripped = text.strip()
+    if optional and stripped.lower() in ("none", "null"):
+        return None
+    if typing.get_origin(kind) is list:
+        (element,) = typing.get_args(kind)
+        return number_list(stripped, flag, element)
+    if kind is bool:
+        truth = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+        if stripped.lower() not in truth:
+            raise ReproError(f"{flag} must be true or false, got {text!r}")
+        return truth[stripped.lower()]
+    if kind in (int, float):
+        try:
+            return kind(stripped)
+        except ValueError:
+            raise ReproError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    return stripped
+
+
 def _check_method_options(method: str, given: dict) -> None:
     from repro.methods import method_option_names
 
-    check_name("method", method, _method_names())
+    check_name("method", method, _registry("methods"))
     takes = method_option_names(method)
     for name in METHOD_OPTIONS:
         if name in given and name not in takes:
-            takers = [m for m in _method_names() if name in method_option_names(m)]
+            takers = [m for m in _registry("methods") if name in method_option_names(m)]
             flag = "--" + name.replace("_", "-")
             raise ReproError(f"{flag} does not apply to method {method!r} (it applies to {', '.join(takers)})")
 
 
-def _method_names() -> list[str]:
-    from repro.methods import list_methods
+def _registry(name: str) -> tuple[str, ...]:
+    """The names a registry holds; imported when asked, so that reading a config does not load torch models."""
+    if name == "recipes":
+        return tuple(RECIPES)
+    if name == "models":
+        from repro.models import list_models
 
-    return list_methods()
+        return tuple(list_models())
+    if name == "methods":
+        from repro.methods import list_methods
 
+        return tuple(list_methods())
+    if name == "datasets":
+        from repro.data import list_datasets
 
-def _model_names() -> list[str]:
-    from repro.models import list_models
+        return tuple(list_datasets())
+    if name == "classifiers":
+        from repro.models.layers import CLASSIFIERS
 
-    return list_models()
+        return CLASSIFIERS
+    if name == "heads":
+        from repro.models.exits import HEADS
 
+        return HEADS
+    if name == "mixes":
+        from repro.methods import MIXES
 
-def _dataset_names() -> list[str]:
-    from repro.data import list_datasets
-
-    return list_datasets()
+        return MIXES
+    raise KeyError(name)

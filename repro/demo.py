@@ -18,18 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from repro import rundir
 from repro.errors import check_name
 from repro.methods import list_methods
-
-METHODS = ("baseline", "bnet", "proposed", "report-proposed", "report-maxprob")
 
 
 @dataclass
 class DemoConfig:
     runs: Path = Path("runs/demo")  # one run directory per method below this folder (replaced)
     out: Path = Path("reports/demo")  # the report folder
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = tuple(list_methods())  # every registered method
     model: str = "vgg13"
     width: float = 0.125  # channel multiplier: VGG-13 with 8..64 channels instead of 64..512
     subset: int = 4000  # training images (class-balanced; 20 % of them for validation), and subset // 5 test images
@@ -57,11 +54,9 @@ class DemoResult:
 def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = lambda line: None) -> DemoResult:
     """Train, evaluate, time, sweep, calibrate and report; `log` receives one line per finished step."""
     from repro.config import TrainConfig
-    from repro.evaluation import evaluate_run
     from repro.report import build_report
-    from repro.sweep import sweep_run
-    from repro.timing import time_run
-    from repro.trainer import fit, start_run
+    from repro.steps import evaluate_run, sweep_run, time_run
+    from repro.trainer import fit
 
     for method in config.methods:
         check_name("method", method, list_methods())
@@ -75,8 +70,8 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = lam
         )
         path = config.runs / f"{config.model}-{method}-synthetic-seed{config.seed}"
         start = time.perf_counter()
-        run = start_run(train_config, path, overwrite=True)
-        result = fit(train_config, run, device=config.device)
+        result = fit(train_config, path, overwrite=True, device=config.device)
+        run = result.run
         seconds["train"] += time.perf_counter() - start
         log(f"trained {method} in {time.perf_counter() - start:.1f} s ({result.epochs_done} epochs) -> {run.path}")
 
@@ -91,9 +86,8 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = lam
 
         if summary["num_exits"] > 1:
             start = time.perf_counter()
-            sweep_run(run, max_drop=config.max_drop)
+            calibration = sweep_run(run, target={"max_drop": config.max_drop}).calibration.to_dict()
             seconds["sweep"] += time.perf_counter() - start
-            calibration = rundir.read_json(run.file(rundir.CALIBRATION))
             log(f"swept {method}: calibrated {calibration['criterion']} for <= {config.max_drop:g} point drop, "
                 f"test accuracy {calibration['test']['accuracy']:.1%}, MAC speed-up {calibration['test']['macs_speedup']:.2f}x")
         paths.append(run.path)

@@ -94,7 +94,7 @@ def _resolve_head(git: Path) -> str | None:
     return None
 
 
-def environment(device: torch.device, dataset_name: str, fingerprint: str, seed: int) -> dict:
+def environment(device: torch.device, dataset_name: str, fingerprint: str, seed: int, precision: str = "fp32") -> dict:
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -106,6 +106,7 @@ def environment(device: torch.device, dataset_name: str, fingerprint: str, seed:
         "dataset": dataset_name,
         "dataset_fingerprint": fingerprint,
         "seed": seed,
+        "precision": precision,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

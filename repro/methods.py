@@ -48,16 +48,21 @@ Choices the paper leaves open, and how they are made here (each alternative is o
   is what prevents that. `--detach-confidence` reproduces the detached reading.
 - Label smoothing (`label_smoothing` eps, default 0) applies to every CE/NLL term alike:
   (1 - eps) * (-log p_y) + eps * mean_c(-log p_c).
-- Logged "gate" per early exit and the "expected cost": the g_b each method mixes with (learned gate;
-  1 - normalised entropy; top probability). `bnet` mixes nothing, so it reports the same quantities
-  with its criterion's confidence, 1 - normalised entropy; `baseline` has no gates and cost 1.
+- Logged "gate" per early exit and the expected cost (`cost_vs_final`: a fraction of the final exit's
+  MACs, the regulariser's unit): the g_b each method mixes with (learned gate; 1 - normalised entropy;
+  top probability). `bnet` mixes nothing, so it reports the same quantities with its criterion's
+  confidence, 1 - normalised entropy; `baseline` has no gates and cost 1.
+
+The three soft-output methods are one class, `SoftOutputMethod`, told apart by their confidence function
+(`learned_gate`, `one_minus_entropy`, `top_probability`): the recursion, the mixing and the joint term
+are written once.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +74,6 @@ MIXES = ("probs", "logits")
 # Floor for a gate value before taking its log when the gate's logit is not available: log(1e-12) = -27.6,
 # far below any log-probability that matters and far above float32's smallest normal number.
 GATE_FLOOR = 1e-12
-DEFAULT_COST_WEIGHT = 0.1
 
 
 def nll(log_probs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -80,25 +84,57 @@ def nll(log_probs: torch.Tensor, targets: torch.Tensor, label_smoothing: float =
     return ((1.0 - label_smoothing) * picked - label_smoothing * log_probs.mean(dim=1)).mean()
 
 
-def _log_gate_pair(gate: torch.Tensor, gate_logit: torch.Tensor | None):
-    """(log g, log(1 - g)) of one exit's gate [N], exactly from its logit when there is one."""
-    if gate_logit is not None:
-        z = gate_logit.float()
-        return F.logsigmoid(z), F.logsigmoid(-z)
+class Confidence(NamedTuple):
+    """One early exit's g_b [N] and its logs, log g_b and log(1 - g_b), each computed the stable way."""
+
+    gate: torch.Tensor
+    log_gate: torch.Tensor
+    log_not_gate: torch.Tensor
+
+
+def _clamped_logs(gate: torch.Tensor) -> Confidence:
+    """log g and log(1 - g) of a gate known only by its value, each clamped to [GATE_FLOOR, 1] first."""
     g = gate.float()
-    return g.clamp(GATE_FLOOR, 1.0).log(), (1.0 - g).clamp(GATE_FLOOR, 1.0).log()
+    return Confidence(gate, g.clamp(GATE_FLOOR, 1.0).log(), (1.0 - g).clamp(GATE_FLOOR, 1.0).log())
 
 
-def soft_log_probs(logits: Sequence[torch.Tensor], log_gates: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def learned_gate(out, b: int) -> Confidence:
+    """The paper's gate g_b = sigmoid(z_b): log g and log(1 - g) exactly, as logsigmoid(+-z) of its logit."""
+    gate_logits = getattr(out, "gate_logits", None)
+    if gate_logits is None:
+        return _clamped_logs(out.gates[b])
+    z = gate_logits[b].float()
+    return Confidence(out.gates[b], F.logsigmoid(z), F.logsigmoid(-z))
+
+
+def one_minus_entropy(out, b: int) -> Confidence:
+    """The report's "Proposed" confidence: 1 - normalised entropy of exit b's softmax."""
+    return _clamped_logs(1.0 - normalised_entropy(out.logits[b]))
+
+
+def top_probability(out, b: int) -> Confidence:
+    """The report's "Prop+DifferentCriterion" confidence: the top softmax probability of exit b.
+
+    log p_top and log(1 - p_top) both in log space: 1 - p_top is the probability of every other class, a
+    logsumexp of their log-probabilities. (log(-expm1(log p)) is -inf with a NaN gradient once p_top
+    rounds to 1 in float32, i.e. for any logit gap above about 17.)
+    """
+    log_probs = torch.log_softmax(out.logits[b].float(), dim=1)
+    log_p, top = log_probs.max(dim=1)
+    others = log_probs.scatter(1, top[:, None], float("-inf"))
+    log_not_p = torch.logsumexp(others, dim=1).clamp_min(math.log(GATE_FLOOR))
+    return Confidence(max_probability(out.logits[b]), log_p, log_not_p)
+
+
+def soft_log_probs(logits: Sequence[torch.Tensor], confidences: Sequence[Confidence]) -> torch.Tensor:
     """log f~_0 [N, C] of the probability mixture f~_b = g_b f_b + (1 - g_b) f~_{b+1}, in log space.
 
-    logits: E tensors [N, C]; log_gates: E-1 pairs (log g_b, log(1 - g_b)), each [N].
+    logits: E tensors [N, C]; confidences: E-1 (g_b, log g_b, log(1 - g_b)), each [N].
     """
     log_soft = torch.log_softmax(logits[-1].float(), dim=1)
     for b in range(len(logits) - 2, -1, -1):
-        log_g, log_not_g = log_gates[b]
-        here = log_g[:, None] + torch.log_softmax(logits[b].float(), dim=1)
-        later = log_not_g[:, None] + log_soft
+        here = confidences[b].log_gate[:, None] + torch.log_softmax(logits[b].float(), dim=1)
+        later = confidences[b].log_not_gate[:, None] + log_soft
         log_soft = torch.logaddexp(here, later)
     return log_soft
 
@@ -128,6 +164,14 @@ def exit_cross_entropies(logits: Sequence[torch.Tensor], targets: torch.Tensor, 
     return [nll(torch.log_softmax(f.float(), dim=1), targets, label_smoothing) for f in logits]
 
 
+class Loss(NamedTuple):
+    """What a method computes for one batch."""
+
+    value: torch.Tensor  # the scalar to minimise
+    terms: dict[str, torch.Tensor]  # logged terms, 0-dim and detached (no GPU sync until the trainer reads them)
+    log_probs: torch.Tensor  # [N, C] the method's own output (f~_0 for soft-output methods, else the final exit)
+
+
 @dataclass
 class Method:
     """Base class: a loss over a MultiExitOutput, the method's own output, and its exit criterion."""
@@ -138,14 +182,13 @@ class Method:
     label_smoothing: float = 0.0  # eps of every CE/NLL term, in [0, 1)
 
     # -- the one thing each method defines
-    def compute(self, out, targets: torch.Tensor, relative_costs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, {term: 0-dim detached tensor}). The trainer uses this to avoid a GPU sync per step."""
+    def compute(self, out, targets: torch.Tensor, relative_costs: torch.Tensor) -> Loss:
         raise NotImplementedError
 
     def loss(self, out, targets: torch.Tensor, relative_costs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """(scalar loss to minimise, {term name: float}) for one batch."""
-        loss, terms = self.compute(out, targets, relative_costs)
-        return loss, {name: float(value) for name, value in terms.items()}
+        result = self.compute(out, targets, relative_costs)
+        return result.value, {name: float(value) for name, value in result.terms.items()}
 
     def confidence_gates(self, out) -> list[torch.Tensor]:
         """The g_b [N] (b = 0..E-2) this method mixes with, or reports for logging."""
@@ -173,8 +216,9 @@ class Baseline(Method):
     uses_exits: ClassVar[bool] = False
 
     def compute(self, out, targets, relative_costs):
-        loss = nll(torch.log_softmax(out.logits[-1].float(), dim=1), targets, self.label_smoothing)
-        return loss, {"ce_final": loss.detach()}
+        log_probs = self.method_log_probs(out)
+        loss = nll(log_probs, targets, self.label_smoothing)
+        return Loss(loss, {"ce_final": loss.detach()}, log_probs.detach())
 
     def confidence_gates(self, out):
         return []
@@ -192,95 +236,87 @@ class BranchyNet(Method):
         if len(alphas) != len(exit_ce):
             raise ReproError(f"bnet got {len(alphas)} alphas for a model with {len(exit_ce)} exits; give one per exit (final included)")
         loss = sum(a * ce for a, ce in zip(alphas, exit_ce))
-        return loss, {f"ce_exit{b}": ce.detach() for b, ce in enumerate(exit_ce)}
+        return Loss(loss, {f"ce_exit{b}": ce.detach() for b, ce in enumerate(exit_ce)}, self.method_log_probs(out).detach())
 
 
 @dataclass
 class SoftOutputMethod(Method):
-    """Shared by `proposed` and the report's variants: a soft output over exits plus optional terms."""
+    """`proposed` and the report's two variants: NLL of the soft output f~_0, mixed with each exit's
+    confidence (`confidence`: learned_gate, one_minus_entropy or top_probability), plus the joint per-exit
+    CE weighted by `joint_weight` and, for `proposed`, the expected-cost regulariser."""
 
+    confidence: ClassVar[Callable]
     mix: str = "probs"  # "probs": mix class probabilities (log space); "logits": mix raw logits
     joint_weight: float = 0.0  # w of w * sum_b CE(f_b)
 
-    def log_gate_pairs(self, out) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        raise NotImplementedError
+    def confidences(self, out) -> list[Confidence]:
+        return [type(self).confidence(out, b) for b in range(len(out.logits) - 1)]
+
+    def confidence_gates(self, out):
+        return [c.gate for c in self.confidences(out)]
 
     def method_log_probs(self, out):
         if self.mix == "logits":
             return torch.log_softmax(soft_logits(out.logits, self.confidence_gates(out)), dim=1)
-        return soft_log_probs(out.logits, self.log_gate_pairs(out))
+        return soft_log_probs(out.logits, self.confidences(out))
 
     def extra_terms(self, out, relative_costs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return torch.zeros((), device=out.logits[-1].device), {}
 
     def compute(self, out, targets, relative_costs):
-        soft_nll = nll(self.method_log_probs(out), targets, self.label_smoothing)
-        exit_ce = exit_cross_entropies(out.logits, targets, self.label_smoothing)
+        log_probs = self.method_log_probs(out)
+        soft_nll = nll(log_probs, targets, self.label_smoothing)
         extra, terms = self.extra_terms(out, relative_costs)
         loss = soft_nll + extra
         if self.joint_weight:
+            exit_ce = exit_cross_entropies(out.logits, targets, self.label_smoothing)
             loss = loss + self.joint_weight * sum(exit_ce)
+        else:  # logged all the same (metrics.csv keeps its columns), without building their backward graph
+            with torch.no_grad():
+                exit_ce = exit_cross_entropies(out.logits, targets, self.label_smoothing)
         logged = {"soft_nll": soft_nll.detach(), **terms}
         logged.update({f"ce_exit{b}": ce.detach() for b, ce in enumerate(exit_ce)})
-        return loss, logged
+        return Loss(loss, logged, log_probs.detach())
 
 
 @dataclass
 class Proposed(SoftOutputMethod):
     name: ClassVar[str] = "proposed"
     criterion: ClassVar[str | None] = "gate"
-    cost_weight: float = DEFAULT_COST_WEIGHT  # lambda: nats of NLL per unit of relative cost
-
-    def confidence_gates(self, out):
-        return list(out.gates)
-
-    def log_gate_pairs(self, out):
-        gate_logits = getattr(out, "gate_logits", None)
-        return [_log_gate_pair(g, None if gate_logits is None else gate_logits[b]) for b, g in enumerate(out.gates)]
+    confidence: ClassVar[Callable] = learned_gate
+    cost_weight: float = 0.1  # lambda: nats of NLL per unit of relative cost (see the module docstring)
 
     def extra_terms(self, out, relative_costs):
         cost = expected_cost(list(out.gates), relative_costs).mean()
-        return self.cost_weight * cost, {"expected_cost": cost.detach()}
+        return self.cost_weight * cost, {"cost_vs_final": cost.detach()}
 
 
 @dataclass
-class ReportProposed(SoftOutputMethod):
-    name: ClassVar[str] = "report-proposed"
-    criterion: ClassVar[str | None] = "entropy"
+class ConfidenceSoftOutput(SoftOutputMethod):
+    """The report's variants: the confidence is a function of the exit's own prediction, not a learned gate."""
+
     joint_weight: float = 1.0
     detach_confidence: bool = False  # stop the soft output's gradient at the confidence gates
 
-    def confidence_gates(self, out):
-        gates = [1.0 - normalised_entropy(f) for f in out.logits[:-1]]
-        return [g.detach() for g in gates] if self.detach_confidence else gates
-
-    def log_gate_pairs(self, out):
-        return [_log_gate_pair(g, None) for g in self.confidence_gates(out)]
+    def confidences(self, out):
+        confidences = super().confidences(out)
+        if self.detach_confidence:
+            return [Confidence(*(t.detach() for t in c)) for c in confidences]
+        return confidences
 
 
 @dataclass
-class ReportMaxProb(ReportProposed):
+class ReportProposed(ConfidenceSoftOutput):
+    name: ClassVar[str] = "report-proposed"
+    criterion: ClassVar[str | None] = "entropy"
+    confidence: ClassVar[Callable] = one_minus_entropy
+
+
+@dataclass
+class ReportMaxProb(ConfidenceSoftOutput):
     name: ClassVar[str] = "report-maxprob"
     criterion: ClassVar[str | None] = "maxprob"
-
-    def confidence_gates(self, out):
-        gates = [max_probability(f) for f in out.logits[:-1]]
-        return [g.detach() for g in gates] if self.detach_confidence else gates
-
-    def log_gate_pairs(self, out):
-        pairs = []
-        for f in out.logits[:-1]:
-            # log p_top and log(1 - p_top), both in log space: 1 - p_top is the probability of every other
-            # class, a logsumexp of their log-probabilities. (log(-expm1(log p)) is -inf with a NaN gradient
-            # once p_top rounds to 1 in float32, i.e. for any logit gap above about 17.)
-            log_probs = torch.log_softmax(f.float(), dim=1)
-            log_p, top = log_probs.max(dim=1)
-            others = log_probs.scatter(1, top[:, None], float("-inf"))
-            log_not_p = torch.logsumexp(others, dim=1).clamp_min(math.log(GATE_FLOOR))
-            if self.detach_confidence:
-                log_p, log_not_p = log_p.detach(), log_not_p.detach()
-            pairs.append((log_p, log_not_p))
-        return pairs
+    confidence: ClassVar[Callable] = top_probability
 
 
 _METHODS: dict[str, type[Method]] = {m.name: m for m in (Baseline, BranchyNet, Proposed, ReportProposed, ReportMaxProb)}
@@ -297,7 +333,7 @@ def method_class(name: str) -> type[Method]:
 def get_method(name: str, **options) -> Method:
     """The method `name` with its options (label_smoothing, alphas, mix, joint_weight, cost_weight,
     detach_confidence). Options a method does not use are an error: pass only the ones it takes
-    (`method_options(name, ...)` filters a full set)."""
+    (`TrainConfig.method_options` does)."""
     cls = method_class(name)
     accepted = method_option_names(name)
     unknown = sorted(set(options) - accepted)
@@ -315,12 +351,6 @@ def method_option_names(name: str) -> set[str]:
     return {f.name for f in fields(method_class(name))}
 
 
-def method_options(name: str, **all_options) -> dict:
-    """The subset of `all_options` that method `name` takes (used to build a method from a full config)."""
-    accepted = method_option_names(name)
-    return {k: v for k, v in all_options.items() if k in accepted}
-
-
-def default_joint_weight(name: str) -> float:
-    cls = method_class(name)
-    return cls.joint_weight if issubclass(cls, SoftOutputMethod) else 0.0
+def method_defaults(name: str) -> dict:
+    """The value of each option method `name` takes when the user does not set it."""
+    return {f.name: f.default for f in fields(method_class(name))}

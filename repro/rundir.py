@@ -1,10 +1,12 @@
-"""Everything a run directory holds, and the only code that reads or writes it.
+"""Run directories at the file-system level: their file names, atomic writes, and finding runs.
 
 A run directory (`runs/<name>/`) is the unit of reproducibility: the trainer writes its config, environment,
-per-epoch metrics, checkpoints and log; `repro eval` adds the stored outputs, evaluation and timing;
-`repro sweep` adds the sweep and calibration; `repro report` reads them all. Every write goes to a temporary
-file in the same folder and is renamed into place, so a crash (even `kill -9`) never leaves a half-written
-file: a reader sees the old version or the new one. Checkpoints are read with `weights_only=True`.
+state, per-epoch metrics, checkpoints and log; `repro eval` adds the stored outputs, evaluation and timing;
+`repro sweep` adds the sweep and calibration; `repro report` reads them all. What each file holds, and how
+it is validated when read, is defined in repro.artifacts; this module gives it the pieces. Every write goes
+to a temporary file in the same folder and is renamed into place, so a crash (even `kill -9`) never leaves
+a half-written file: a reader sees the old version or the new one. Checkpoints are read with
+`weights_only=True`.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from repro.errors import ReproError, error_reason
 # File names, defined once.
 CONFIG = "config.json"  # the resolved training config: enough to rebuild the run
 ENV = "env.json"  # python/torch versions, device, git commit, dataset fingerprint, seed
+STATE = "state.json"  # running | finished | interrupted | failed, the epoch reached, the error
 METRICS = "metrics.csv"  # one row per epoch
 CHECKPOINT = "checkpoint.pt"  # best weights (by validation loss) with their config
-LAST = "last.pt"  # full training state after the last finished epoch, to resume
+LAST = "last.pt"  # full training state after the last finished epoch, to resume; deleted once finished
 LOG = "train.log"  # human-readable training log
 OUTPUTS = "outputs.pt"  # every exit's raw outputs on val and test (repro eval)
 EVAL = "eval.json"  # per-exit accuracy, costs, the default operating point (repro eval)
@@ -157,8 +160,11 @@ def read_csv(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ReproError(f"{path.name} not found: {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (csv.Error, UnicodeDecodeError) as error:  # NUL bytes, a binary file: one error type for callers
+        raise ValueError(str(error)) from None
 
 
 def load_torch(path: Path, what: str | None = None, map_location="cpu"):
@@ -214,21 +220,6 @@ def open_run(path: Path) -> RunDir:
     if not is_run_dir(path):
         raise ReproError(f"{path} is not a run directory (it has no {CONFIG}); create one with `repro train`")
     return RunDir(path)
-
-
-def require(run: RunDir, name: str, how: str) -> Path:
-    """The path of `name` in `run`, or a one-line error naming the command that produces it."""
-    if not run.has(name):
-        raise ReproError(f"run {run.path} has no {name}: {how}")
-    return run.file(name)
-
-
-def require_checkpoint(run: RunDir) -> Path:
-    return require(run, CHECKPOINT, f"train it first with `repro train --resume {run.path}` (or a new `repro train`)")
-
-
-def read_config(run: RunDir) -> dict:
-    return read_json(run.file(CONFIG), f"{CONFIG} of run {run.path}")
 
 
 def find_runs(paths) -> list[RunDir]:

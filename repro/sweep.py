@@ -13,10 +13,8 @@ gates once (outputs.pt); everything here is a pure function of those tensors (ST
 - `calibrate`: a threshold chosen on validation only, for a largest accuracy drop versus the final exit
   (`max_drop`, in accuracy points) or a compute budget (`budget`, a fraction of the plain network's MACs),
   then reported on test. This is what the paper asks for and the reproduction report could not do.
-- `sweep_run`: the `repro sweep` pipeline for one run directory (reads and writes through repro.rundir).
-  calibration.json records the SHA-256 of the checkpoint its outputs came from; sweep.csv, whose columns
-  are fixed, records it in a sidecar (rundir.SWEEP_SOURCE, read back by `sweep_checkpoint`), so a report never
-  shows a sweep of an older checkpoint beside a fresh `repro eval`.
+Arrays in, tables out: nothing here reads a file or parses a command line (repro.steps runs `repro sweep`
+on a run directory; repro.artifacts stores sweep.csv and calibration.json).
 
 Units: accuracies and exit fractions are fractions in [0, 1]; MACs are multiply-accumulates per image;
 MAC speed-up = plain_macs / mean_macs (the network without exits over the early-exit network's mean).
@@ -39,9 +37,13 @@ CRITERION_CHOICES = (*criteria.CRITERIA, "all")
 # Accuracy and MAC comparisons in calibration allow for float rounding of count / N and F * plain_macs.
 TOLERANCE = 1e-12
 SPLITS = ("val", "test")
-# sweep.csv's sidecar: {"checkpoint_sha256": of the checkpoint swept, "sweep_sha256": of the sweep.csv it
-# vouches for}. A hash, not the files' mtimes: re-running `repro eval` on the same checkpoint rewrites
-# outputs.pt without making the sweep wrong, and copies of run folders need not keep mtimes.
+
+
+class NoEarlyExits(ReproError):
+    """A network with one classifier (the baseline): every sample leaves at the final exit, nothing to sweep."""
+
+    def __init__(self):
+        super().__init__("the run has no early exits (one classifier): every sample leaves at the final exit, nothing to sweep")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -441,7 +443,7 @@ def sweep_outputs(
     """
     val = splits["val"]
     if val.num_exits < 2:
-        raise ReproError("the run has no early exits (one classifier): every sample leaves at the final exit, nothing to sweep")
+        raise NoEarlyExits()
     names = resolve_criteria(criterion, val.has_gates)
     points: dict[tuple[str, str], OperatingPoints] = {}
     for name in names:
@@ -454,88 +456,3 @@ def sweep_outputs(
         calibration = calibrate([points[("val", name)] for name in names], splits, exit_macs, target)
     final_accuracy = {split: splits[split].exit_accuracy()[-1].item() for split in SPLITS}
     return SweepResult(points, pareto, final_accuracy, calibration)
-
-
-def parse_numbers(text: str, what: str) -> list[float]:
-    """'0.1, 0.2' -> [0.1, 0.2], or a one-line error naming the option."""
-    try:
-        values = [float(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise ReproError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise ReproError(f"{what} is empty")
-    return values
-
-
-def parse_thresholds(threshold_list: str | None, per_exit: str | None, num_early_exits: int):
-    """--threshold-list '0.1,0.2' (shared) or --per-exit '0.1,0.2,...;0.3,...' (vectors) -> matrix, or None."""
-    if threshold_list is not None and per_exit is not None:
-        raise ReproError("give --threshold-list or --per-exit, not both")
-    if threshold_list is not None:
-        return threshold_matrix(parse_numbers(threshold_list, "--threshold-list"), num_early_exits)
-    if per_exit is not None:
-        vectors = [parse_numbers(part, "--per-exit") for part in per_exit.split(";") if part.strip()]
-        for vector in vectors:
-            if len(vector) != num_early_exits:
-                raise ReproError(
-                    f"--per-exit vector {vector} has {len(vector)} thresholds but the run has {num_early_exits} early exits"
-                )
-        if not vectors:
-            raise ReproError("--per-exit is empty; give vectors like '0.1,0.2,...;0.3,0.4,...'")
-        return threshold_matrix(vectors, num_early_exits)
-    return None
-
-
-def sweep_run(
-    run,
-    criterion: str = "all",
-    count: int = DEFAULT_THRESHOLD_COUNT,
-    threshold_list: str | None = None,
-    per_exit: str | None = None,
-    max_drop: float | None = None,
-    budget: float | None = None,
-) -> SweepResult:
-    """`repro sweep` for one run directory: outputs.pt -> sweep.csv (+ calibration.json when a target is given)."""
-    from repro import rundir
-    from repro.evaluation import load_outputs
-
-    check_name("criterion", criterion, CRITERION_CHOICES)
-    target = check_target(max_drop, budget)
-    outputs = load_outputs(run)
-    thresholds = parse_thresholds(threshold_list, per_exit, outputs.num_exits - 1)
-    result = sweep_outputs(outputs.splits, outputs.exit_macs, outputs.plain_macs, criterion, thresholds, count, target)
-    write_sweep(run, result.rows(), outputs.checkpoint_sha256)
-    if result.calibration is not None:
-        calibration = {**result.calibration.to_dict(), "checkpoint_sha256": outputs.checkpoint_sha256}
-        rundir.write_json(run.file(rundir.CALIBRATION), calibration)
-    return result
-
-
-def write_sweep(run, rows: list[dict], checkpoint_sha256: str) -> None:
-    """sweep.csv, then its sidecar naming the checkpoint swept and the csv's own SHA-256.
-
-    In that order: a crash between the two leaves a sidecar that does not match the new csv, which reads
-    as unknown origin (a rerun is asked for), never an old csv vouched for by a new sidecar.
-    """
-    from repro import rundir
-
-    rundir.write_csv(run.file(rundir.SWEEP), rows)
-    source = {"checkpoint_sha256": checkpoint_sha256, "sweep_sha256": rundir.file_sha256(run.file(rundir.SWEEP))}
-    rundir.write_json(run.file(rundir.SWEEP_SOURCE), source)
-
-
-def sweep_checkpoint(run) -> str | None:
-    """SHA-256 of the checkpoint the run's sweep.csv was computed from; None when that cannot be told (no
-    sidecar: written by an older repro; an unreadable one; or one written for another sweep.csv)."""
-    from repro import rundir
-
-    if not run.has(rundir.SWEEP) or not run.has(rundir.SWEEP_SOURCE):
-        return None
-    try:
-        source = rundir.read_json(run.file(rundir.SWEEP_SOURCE))
-    except ReproError:
-        return None
-    if not isinstance(source, dict) or source.get("sweep_sha256") != rundir.file_sha256(run.file(rundir.SWEEP)):
-        return None
-    recorded = source.get("checkpoint_sha256")
-    return recorded if isinstance(recorded, str) else None

@@ -18,21 +18,19 @@ percentile over batches are more than the few values there are. The batched mean
 
 Measured speed-up = plain latency / early-exit latency (Scardapane et al. 2020 report the MAC ratio only);
 it is written beside the MAC-predicted speed-up plain_macs / mean MACs of the exits actually taken.
-Latencies are in milliseconds per image. Results go to RUN/timing.json with the device described and the
-SHA-256 of the checkpoint timed, so a report never shows them beside results of a later checkpoint.
+Latencies are in milliseconds per image. repro.steps.time_run writes them to RUN/timing.json with the
+device described and the SHA-256 of the checkpoint timed, so a report never shows them beside results of a
+later checkpoint.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 
 import torch
 
-from repro import rundir
-from repro.environment import describe_device
 from repro.errors import ReproError
 
 WARMUP_IMAGES = 5  # per path, untimed: first calls allocate buffers and pick kernels
@@ -50,11 +48,19 @@ def _clock(device: torch.device):
     return time.perf_counter
 
 
+def nearest_rank(count: int, percent: int) -> int:
+    """0-based index of the `percent`-th percentile of `count` sorted values by the nearest-rank method:
+    the smallest value with at least `percent`% of the values at or below it, i.e. rank ceil(percent/100 *
+    count) (numpy's method="inverted_cdf"). Integer arithmetic, so 95% of 20, 60 and 100 values is exactly
+    rank 19, 57 and 95 (index 18, 56, 94), with no float rounding either way."""
+    return max(0, -(-percent * count // 100) - 1)
+
+
 def latency_stats(milliseconds: list[float]) -> dict:
     """mean, median and 95th percentile (nearest rank) of per-image latencies, in ms."""
     ordered = sorted(milliseconds)
-    rank = max(0, min(len(ordered) - 1, int(round(0.95 * len(ordered) + 0.5)) - 1))
-    return {"mean_ms": statistics.fmean(ordered), "median_ms": statistics.median(ordered), "p95_ms": ordered[rank]}
+    p95 = ordered[nearest_rank(len(ordered), 95)]
+    return {"mean_ms": statistics.fmean(ordered), "median_ms": statistics.median(ordered), "p95_ms": p95}
 
 
 def batched_stats(milliseconds: list[float], sizes: list[int]) -> dict:
@@ -158,65 +164,3 @@ def _time_batches(paths: dict, batches: list[torch.Tensor], now) -> dict:
             milliseconds[name].append((now() - start) * 1000.0)
     sizes = [len(batch) for batch in batches]
     return {name: batched_stats(values, sizes) for name, values in milliseconds.items()}
-
-
-def time_run(run: rundir.RunDir, n_images: int = 1000, batch_size: int = 256, device: str = "cpu", threads: int | None = None) -> dict:
-    """`repro eval RUN --timing`: time the run's operating point (from eval.json) on its first test images.
-
-    threads: CPU threads for torch while timing (None: leave torch's setting). On a machine shared with
-    other work, 1 thread avoids intra-op barriers waiting for a descheduled thread, which can slow small
-    batch-1 layers several-fold and would measure the load, not the network.
-    """
-    if threads is not None and threads < 1:
-        raise ReproError(f"--threads must be at least 1, got {threads}")
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _time_run(run, n_images, batch_size, device)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _time_run(run: rundir.RunDir, n_images: int, batch_size: int, device: str) -> dict:
-    from repro.build import load_run
-    from repro.data import DeviceLoader
-
-    if n_images < 1:
-        raise ReproError(f"--timing-images must be at least 1, got {n_images}")
-    if batch_size < 1:
-        raise ReproError(f"--batch-size must be at least 1, got {batch_size}")
-    evaluation = rundir.read_json(
-        rundir.require(run, rundir.EVAL, f"run `repro eval {run.path}` first"), f"{rundir.EVAL} of run {run.path}"
-    )
-    checkpoint = rundir.require_checkpoint(run)
-    checkpoint_sha256 = rundir.file_sha256(checkpoint)
-    if evaluation.get("checkpoint_sha256") != checkpoint_sha256:
-        raise ReproError(f"{run.file(rundir.EVAL)} comes from another checkpoint; recompute it with `repro eval {run.path}`")
-    point = evaluation["operating_point"]
-    loaded = load_run(run.path, device=device)
-    model = loaded.model
-    criterion, thresholds = point["criterion"], point["thresholds"]
-    if criterion is None:
-        if model.num_exits > 1:
-            raise ReproError(f"eval.json of run {run.path} has no early-exit operating point ({point['how']}); nothing to time")
-        criterion, thresholds = "entropy", []  # one classifier: every path ends at the final exit
-    images, labels = loaded.splits["test"]
-    images, labels = images[:n_images], labels[:n_images]
-    x, y = next(iter(DeviceLoader(images, labels, len(images), device, loaded.dataset.mean, loaded.dataset.std)))
-    body = measure(model, x, y, criterion, thresholds, float(evaluation["plain_macs"]), batch_size)
-    # The checkpoint may have changed while we timed (a training run finishing): never label the timing wrongly.
-    if rundir.file_sha256(checkpoint) != checkpoint_sha256:
-        raise ReproError(f"{checkpoint} changed while it was being timed; run `repro eval {run.path} --timing` again")
-    timing = {
-        "device": describe_device(torch.device(device)),
-        "n_images": body.pop("n_images"),
-        "batch_size": body.pop("batch_size"),
-        "operating_point": {"criterion": point["criterion"], "thresholds": point["thresholds"]},
-        "checkpoint_sha256": checkpoint_sha256,
-        **body,
-        "torch": torch.__version__,
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-    rundir.write_json(run.file(rundir.TIMING), timing)
-    return timing

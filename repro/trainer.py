@@ -1,17 +1,25 @@
-"""One training loop for every method: `train_one_epoch`, `evaluate`, and `fit` for a whole run.
+"""One training loop for every method: `train_one_epoch`, `validate`, and `fit` for a whole run.
 
 Methods are losses (repro.methods); this loop knows nothing about them beyond `method.compute` (the
-loss and its logged terms), `method.method_log_probs` (the method's own output) and
-`method.confidence_gates` (the g_b it mixes with), so baseline, B-Net, the paper's gates and the report's
-variants all train here (STYLE.md, principle 4; the torchvision classification reference's shape).
+loss, its logged terms and the method's own output) and `method.confidence_gates` (the g_b it mixes
+with), so baseline, B-Net, the paper's gates and the report's variants all train here (STYLE.md,
+principle 4; the torchvision classification reference's shape). `fit` is three steps: `prepare`
+(data, model, method, optimizer, loaders: everything a run needs, built from its config), the resume
+point (`TrainingState` from last.pt), and `run_epochs` (the loop, early stopping, checkpoints, logs).
 
 Reproducibility. All randomness of epoch e (batch order, augmentation, dropout) is derived from (seed, e)
 alone: `torch.manual_seed(epoch_seed(seed, e))` at the start of the epoch and `loader.set_epoch(e)`. The
 learning rate is a pure function of the step number. So the state after epoch e is fully described by the
 weights, the optimizer's state and the early-stopping counters, which `last.pt` holds; resuming from it
 (even after `kill -9` mid-epoch: the interrupted epoch restarts) gives, on the CPU, bitwise the same
-weights as an uninterrupted run. On CUDA: bf16 autocast, channels_last and fused optimizers (fast, but
-not bitwise reproducible); `compile=True` adds torch.compile.
+weights as an uninterrupted run. Precision (`config.precision`): bf16 autocast and channels-last where
+the device has native bf16 (reproducible on the same CPU, not bitwise equal to fp32); on CUDA also fused
+optimizers (fast, not bitwise reproducible); `compile=True` adds torch.compile.
+
+Stopping. state.json says at every moment whether the run is running, finished, interrupted (Ctrl-C,
+SIGTERM) or failed (with its error); SIGTERM is handled like Ctrl-C: the epoch in progress is abandoned,
+files being written are finished first, and the error names the command that resumes. last.pt is
+deleted once the run has finished: nothing resumes a finished run, and it is three times the model.
 
 Epochs are numbered from 1 in metrics.csv, train.log and checkpoints ("epoch": epochs completed).
 """
@@ -20,6 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +38,8 @@ from typing import Protocol
 
 import torch
 
-from repro import rundir
+from repro import artifacts, rundir
+from repro.artifacts import TrainingState
 from repro.config import TrainConfig
 from repro.errors import ReproError
 
@@ -36,6 +48,7 @@ class Progress(Protocol):
     """What `fit` reports while it runs; the CLI passes a Rich progress bar, tests pass nothing."""
 
     def start_epoch(self, epoch: int, epochs: int, num_images: int) -> None: ...
+    """epoch: 1-based; num_images: training images in each epoch (so epochs x num_images is the run)."""
 
     def advance(self, images: int, loss: float | None) -> None: ...
 
@@ -74,6 +87,20 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.de
     )
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether this device runs bf16 matrix work natively (CUDA with bf16 support; a CPU with AVX-512 BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto -> bf16 where the device has native bf16 support, else fp32; fp32 and bf16 stay as given."""
+    if precision == "auto":
+        return "bf16" if native_bf16(torch.device(device)) else "fp32"
+    return precision
+
+
 @dataclass
 class Accelerator:
     """How batches run on this device: autocast dtype (None = fp32) and memory format."""
@@ -83,10 +110,16 @@ class Accelerator:
     channels_last: bool = False
 
     @classmethod
-    def for_device(cls, device: torch.device) -> "Accelerator":
+    def for_device(cls, device: torch.device, precision: str = "fp32") -> "Accelerator":
+        """precision: fp32 or bf16 (resolved, see `resolve_precision`). bf16 autocasts convolutions and matrix
+        products and keeps activations channels-last, which oneDNN's bf16 kernels on the CPU and cuDNN's on
+        the GPU both prefer (measured on the project's 2-core CPU, VGG-13 width 0.5 with nine exits, bnet,
+        batch 128: fp32 200, bf16 335, bf16 + channels-last 391 img/s). Losses stay float32 (repro.methods)."""
+        device = torch.device(device)
         if device.type == "cuda":
             # Fixed input shapes: let cuDNN pick the fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
+        if precision == "bf16":
             return cls(device, torch.bfloat16, True)
         return cls(device)
 
@@ -132,7 +165,7 @@ def train_one_epoch(
                 group["lr"] = lr
         with accelerator.autocast():
             out = model(accelerator.prepare(x))
-            loss, terms = method.compute(out, y, relative_costs)
+            loss, terms, _ = method.compute(out, y, relative_costs)
         if check_every_step and not torch.isfinite(loss):
             raise NonFiniteLoss(first_step + index, float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
@@ -162,10 +195,11 @@ class NonFiniteLoss(ReproError):
 
 
 @torch.no_grad()
-def evaluate(model, method, loader, relative_costs: torch.Tensor, accelerator: Accelerator | None = None) -> dict[str, float]:
+def validate(model, method, loader, relative_costs: torch.Tensor, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Method loss, accuracy of every exit and of the method's output, mean gate per early exit and
-    mean expected relative cost over `loader`, as {"loss", "acc_exit{b}", "acc_method",
-    "gate_mean_exit{b}", "expected_cost"} (accuracies are fractions in [0, 1])."""
+    mean expected cost over `loader`, as {"loss", "acc_exit{b}", "acc_method", "gate_mean_exit{b}",
+    "cost_vs_final"} (accuracies are fractions in [0, 1]; cost_vs_final is the expected MACs over the final
+    exit's, the regulariser's unit)."""
     accelerator = accelerator or Accelerator(torch.device("cpu"))
     model.eval()
     device = accelerator.device
@@ -178,8 +212,7 @@ def evaluate(model, method, loader, relative_costs: torch.Tensor, accelerator: A
     for x, y in loader:
         with accelerator.autocast():
             out = model(accelerator.prepare(x))
-            loss, _ = method.compute(out, y, relative_costs)
-            method_log_probs = method.method_log_probs(out)
+            loss, _, method_log_probs = method.compute(out, y, relative_costs)
             gates = method.confidence_gates(out)
             cost = method.expected_cost(out, relative_costs)
         n = y.shape[0]
@@ -199,7 +232,7 @@ def evaluate(model, method, loader, relative_costs: torch.Tensor, accelerator: A
     stats["acc_method"] = int(correct_method) / images
     if gate_sums is not None:
         stats.update({f"gate_mean_exit{b}": float(s) / images for b, s in enumerate(gate_sums.tolist())})
-    stats["expected_cost"] = float(cost_sum) / images
+    stats["cost_vs_final"] = float(cost_sum) / images
     return stats
 
 
@@ -210,31 +243,55 @@ def evaluate(model, method, loader, relative_costs: torch.Tensor, accelerator: A
 class FitResult:
     run: rundir.RunDir
     config: TrainConfig
-    epochs_done: int  # epochs completed in total (including before a resume)
-    best_epoch: int  # the epoch checkpoint.pt holds (1-based): lowest val loss, or the last with --select-last
-    best_val_loss: float  # its validation loss
-    stopped_early: bool
+    state: TrainingState  # counters after the last epoch (model and optimizer left out)
     already_finished: bool = False  # resume of a run that had nothing left to do
-    rows: list[dict] = field(default_factory=list)  # metrics.csv
+
+    @property
+    def rows(self) -> list[dict]:  # metrics.csv
+        return self.state.rows
+
+    @property
+    def epochs_done(self) -> int:
+        return self.state.epoch
+
+    @property
+    def selected_epoch(self) -> int:
+        """The epoch checkpoint.pt holds: the lowest validation loss, or the last epoch with --select-last."""
+        return self.state.selected_epoch
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch with the lowest validation loss (what early stopping counts from)."""
+        return self.state.best_epoch
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.state.stopped_early
 
 
-def start_run(config: TrainConfig, path: Path, overwrite: bool = False) -> rundir.RunDir:
-    """A fresh run directory holding config.json (refuses an existing one unless `overwrite`)."""
-    run = rundir.create_run_dir(Path(path), overwrite=overwrite)
-    rundir.write_json(run.file(rundir.CONFIG), config.to_dict())
-    return run
+class TrainingInterrupted(ReproError):
+    """Ctrl-C or SIGTERM during training: the run is left resumable, and the message says how."""
+
+    def __init__(self, run: rundir.RunDir, state: artifacts.RunState, signal_name: str):
+        exit_code = 143 if signal_name == "SIGTERM" else 130
+        super().__init__(f"{signal_name}: run {run.path} {state.describe()}; everything written so far is kept. "
+                         f"Resume it with: repro train --resume {shlex.quote(str(run.path))}", exit_code)
 
 
 def resume_config(path: Path, given: dict) -> tuple[rundir.RunDir, TrainConfig]:
-    """The saved config of run `path`; refuses when an option given now differs from it, naming each."""
+    """The saved config of run `path`; refuses when an option given now differs from it, naming each.
+
+    `given` maps option names to values (None = not given). data_dir may differ (data moves; its fingerprint
+    is checked instead) and becomes the run's; precision `auto` stands for what it resolved to.
+    """
     run = rundir.open_run(Path(path))
-    saved = TrainConfig.from_dict(rundir.read_config(run))
+    saved = artifacts.read_config(run)
     differences = []
     for name, value in given.items():
-        if value is None or name == "data_dir":  # data may move; its fingerprint is checked instead
+        if value is None or name == "data_dir" or (name == "precision" and value == "auto"):
             continue
         current = getattr(saved, name)
-        if isinstance(current, (list, tuple)) and value is not None:
+        if isinstance(current, (list, tuple)):
             value = type(current)(value)
         if current != value:
             differences.append(f"--{name.replace('_', '-')} {value!r} (the run has {current!r})")
@@ -246,130 +303,253 @@ def resume_config(path: Path, given: dict) -> tuple[rundir.RunDir, TrainConfig]:
     return run, saved
 
 
-def fit(
-    config: TrainConfig,
-    path: Path | str | rundir.RunDir,
-    resume: bool = False,
-    overwrite: bool = False,
-    device: torch.device | str = "cpu",
-    compile: bool = False,
-    progress: Progress | None = None,
-) -> FitResult:
-    """Train `config` into the run directory `path`, writing metrics.csv, train.log, checkpoint.pt (best,
-    or last, weights) and last.pt after every epoch, atomically.
+@dataclass
+class Training:
+    """Everything one run trains with, built from its config by `prepare`."""
 
-    resume=False: a new run; the data set is loaded and the model built (so a bad config fails) before the
-    directory is created, which refuses an existing one unless `overwrite`. resume=True: continue the run
-    in `path` from its last.pt (from scratch when the first epoch never finished); `config` is the run's
-    own (see `resume_config`). A finished run is left alone (FitResult.already_finished).
-    `path` may also be a RunDir already made by `start_run`: training then starts there, or continues
-    from its last.pt when it has one.
+    config: TrainConfig  # resolved: precision, exits and the data set's shape filled in
+    dataset: object  # repro.data.ImageDataset
+    model: torch.nn.Module
+    method: object  # repro.methods.Method
+    optimizer: torch.optim.Optimizer
+    train_loader: object  # repro.data.DeviceLoader
+    val_loader: object
+    relative_costs: torch.Tensor  # [E] cumulative cost of each exit over the final exit's
+    accelerator: Accelerator
+    images_per_epoch: int
+
+    def lr_at(self, step: int) -> float:
+        return learning_rate(self.config, step, self.total_steps, self.steps_per_epoch)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+
+def prepare(config: TrainConfig, device: torch.device) -> Training:
+    """Load the data and build model, method, optimizer and loaders for `config` on `device`.
+
+    The order fixes the initial weights: they depend on the seed alone (torch.manual_seed right before the
+    model is built), so a resumed or repeated run starts from the same ones.
     """
-    from repro.build import build_model, load_data
     from repro.data import DeviceLoader
-    from repro.environment import environment
     from repro.methods import get_method
+    from repro.rebuild import build_model, load_data
 
-    device = torch.device(device)
-    accelerator = Accelerator.for_device(device)
-    run, state = None, None
-    if isinstance(path, rundir.RunDir):
-        run, resume = path, resume or path.has(rundir.LAST)
-    if resume:
-        run = run or rundir.open_run(Path(path))
-        if run.has(rundir.LAST):
-            state = rundir.load_torch(run.file(rundir.LAST), f"last.pt of run {run.path}")
-            if state.get("finished"):
-                return FitResult(run, config, state["epoch"], state["selected_epoch"], state["selected_val_loss"],
-                                 state["stopped_early"], True, state["rows"])
-
+    config = replace(config, precision=resolve_precision(config.precision, device))
+    accelerator = Accelerator.for_device(device, config.precision)
     dataset, splits = load_data(config)
     config = config.with_dataset(dataset)
     torch.manual_seed(config.seed)  # initial weights depend on the seed only
     model = build_model(config, dataset)
     config = replace(config, exits=list(model.exit_positions))
-    if run is None:
-        run = start_run(config, Path(path), overwrite=overwrite)
-    rundir.write_json(run.file(rundir.CONFIG), config.to_dict())
-    _write_environment(run, environment(device, dataset.name, dataset.fingerprint, config.seed), resumed=resume)
     method = get_method(config.method, **config.method_options())
     relative_costs = model.costs.relative().to(device)
     model.to(device)
     if accelerator.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model, device)
-
-    # best_*: the lowest validation loss so far (early stopping); selected_*: what checkpoint.pt holds.
-    start_epoch, best_val_loss, best_epoch, bad_epochs, rows = 0, math.inf, 0, 0, []
-    selected_epoch, selected_val_loss = 0, math.inf
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_val_loss, best_epoch = state["epoch"], state["best_val_loss"], state["best_epoch"]
-        selected_epoch, selected_val_loss = state["selected_epoch"], state["selected_val_loss"]
-        bad_epochs, rows = state["bad_epochs"], list(state["rows"])
-        rundir.append_log(run, f"resumed after epoch {start_epoch}")
-    else:
-        rundir.append_log(run, f"config {config.to_dict()}")
-
     train_images, train_labels = splits["train"]
     drop_last = len(train_labels) % config.batch_size == 1  # a batch of one breaks batch norm
     common = dict(device=device, mean=dataset.mean, std=dataset.std)
     train_loader = DeviceLoader(train_images, train_labels, config.batch_size, shuffle=True, seed=config.seed,
                                 crop=config.augment, flip=config.augment, drop_last=drop_last, **common)
     val_loader = DeviceLoader(*splits["val"], max(config.batch_size, 256), **common)
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * config.epochs
+    images = len(train_loader) * config.batch_size if drop_last else len(train_labels)
+    return Training(config, dataset, model, method, optimizer, train_loader, val_loader, relative_costs, accelerator, images)
 
-    def lr_at(step: int) -> float:
-        return learning_rate(config, step, total_steps, steps_per_epoch)
 
-    runner = torch.compile(model) if compile else model
-    stopped_early = False
-    for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(epoch_seed(config.seed, epoch))
-        train_loader.set_epoch(epoch)
-        if progress is not None:
-            progress.start_epoch(epoch + 1, config.epochs, len(train_loader) * config.batch_size if drop_last else len(train_labels))
+def fit(
+    config: TrainConfig,
+    path: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: torch.device | str = "cpu",
+    compile: bool = False,
+    progress: Progress | None = None,
+) -> FitResult:
+    """Train `config` into the run directory `path`, writing metrics.csv, train.log, state.json,
+    checkpoint.pt (best, or last, weights) and last.pt after every epoch, atomically.
+
+    resume=False: a new run; the data set is loaded and the model built (so a bad config fails) before the
+    directory is created, which refuses an existing one unless `overwrite`. resume=True: continue the run
+    in `path` from its last.pt (from scratch when the first epoch never finished); `config` is the run's
+    own (see `resume_config`). A finished run is left alone (FitResult.already_finished).
+    """
+    from repro.environment import environment
+
+    device = torch.device(device)
+    path = Path(path)
+    run, start = None, TrainingState()
+    if resume:
+        run = rundir.open_run(path)
+        run_state = artifacts.read_state(run)
+        if run_state.finished:
+            return FitResult(run, config, _finished_state(run, run_state), already_finished=True)
+        if run.has(rundir.LAST):
+            start = artifacts.read_training_state(run)
+
+    training = prepare(config, device)
+    config = training.config
+    if run is None:
+        run = rundir.create_run_dir(path, overwrite=overwrite)
+    artifacts.write_config(run, config)
+    _write_environment(run, environment(device, training.dataset.name, training.dataset.fingerprint, config.seed, config.precision),
+                       resumed=resume)
+    if start.model is not None:
+        training.model.load_state_dict(start.model)
+        training.optimizer.load_state_dict(start.optimizer)
+        rundir.append_log(run, f"resumed after epoch {start.epoch}")
+    else:
+        rundir.append_log(run, f"config {config.to_dict()}")
+    start = replace(start, model=None, optimizer=None)
+    with _stop_signals() as stop:
         try:
-            train = train_one_epoch(runner, method, train_loader, optimizer, relative_costs, lr_at,
-                                    epoch * steps_per_epoch, accelerator, progress)
+            state = run_epochs(training, run, start, compile, progress, stop)
+        except KeyboardInterrupt:
+            interrupted = artifacts.new_state("interrupted", _epochs_done(run, start), config.epochs)
+            artifacts.write_state(run, interrupted)
+            rundir.append_log(run, f"interrupted ({stop.signal_name}) during epoch {interrupted.epoch + 1}")
+            raise TrainingInterrupted(run, interrupted, stop.signal_name) from None
+        except Exception as error:
+            from repro.errors import error_reason
+
+            reason = str(error) if isinstance(error, ReproError) else f"{type(error).__name__}: {error_reason(error)}"
+            artifacts.write_state(run, artifacts.new_state("failed", _epochs_done(run, start), config.epochs, error=reason))
+            raise
+    return FitResult(run, config, state)
+
+
+def run_epochs(training: Training, run: rundir.RunDir, state: TrainingState, compile: bool = False,
+               progress: Progress | None = None, stop=None) -> TrainingState:
+    """Train from `state` (epochs done, early-stopping counters) to the end of the run; returns the final state."""
+    config, model = training.config, training.model
+    runner = torch.compile(model) if compile else model
+    stop = stop or _StopSignals()
+    artifacts.write_state(run, artifacts.new_state("running", state.epoch, config.epochs))
+    for epoch in range(state.epoch, config.epochs):
+        torch.manual_seed(epoch_seed(config.seed, epoch))
+        training.train_loader.set_epoch(epoch)
+        if progress is not None:
+            progress.start_epoch(epoch + 1, config.epochs, training.images_per_epoch)
+        try:
+            train = train_one_epoch(runner, training.method, training.train_loader, training.optimizer, training.relative_costs,
+                                    training.lr_at, epoch * training.steps_per_epoch, training.accelerator, progress)
         except NonFiniteLoss as error:
             rundir.append_log(run, f"epoch {epoch + 1}: stopped: {error}")
             raise
-        val = evaluate(runner, method, val_loader, relative_costs, accelerator)
+        val = validate(runner, training.method, training.val_loader, training.relative_costs, training.accelerator)
         if not math.isfinite(val["loss"]):
             message = f"the validation loss became {val['loss']} in epoch {epoch + 1}; stopping (the last good checkpoint is kept)"
             rundir.append_log(run, message)
             raise ReproError(message)
-        improved = val["loss"] < best_val_loss
-        if improved:
-            best_val_loss, best_epoch, bad_epochs = val["loss"], epoch + 1, 0
-        else:
-            bad_epochs += 1
-        if improved or not config.select_best:
-            selected_epoch, selected_val_loss = epoch + 1, val["loss"]
-            rundir.save_torch(run.file(rundir.CHECKPOINT), {"model": _cpu_state(model), "config": config.to_dict(),
-                                                            "epoch": selected_epoch, "val_loss": selected_val_loss})
-        row = _metrics_row(epoch + 1, train, val, model.num_exits, lr_at(min((epoch + 1) * steps_per_epoch, total_steps) - 1))
-        rows.append(row)
-        rundir.write_csv(run.file(rundir.METRICS), rows)
-        rundir.append_log(run, _log_line(row, improved))
-        stopped_early = config.patience > 0 and bad_epochs >= config.patience and epoch + 1 < config.epochs
-        finished = stopped_early or epoch + 1 == config.epochs
-        rundir.save_torch(run.file(rundir.LAST), {
-            "model": _cpu_state(model), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-            "best_val_loss": best_val_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-            "selected_epoch": selected_epoch, "selected_val_loss": selected_val_loss,
-            "rows": rows, "finished": finished, "stopped_early": stopped_early,
-        })
+        state = _next_state(state, config, epoch + 1, val["loss"])
+        last_step = min((epoch + 1) * training.steps_per_epoch, training.total_steps) - 1
+        row = _metrics_row(epoch + 1, train, val, model.costs, training.lr_at(last_step))
+        state.rows = [*state.rows, row]
+        improved = state.best_epoch == epoch + 1
+        with stop.deferred():  # a signal now waits until every file of this epoch is written
+            if state.selected_epoch == epoch + 1:
+                artifacts.write_checkpoint(run, artifacts.Checkpoint(_cpu_state(model), config.to_dict(), epoch + 1, val["loss"]))
+            artifacts.write_metrics(run, state.rows)
+            rundir.append_log(run, _log_line(row, improved))
+            artifacts.write_training_state(run, replace(state, model=_cpu_state(model), optimizer=training.optimizer.state_dict()))
+            status = "finished" if state.finished else "running"
+            artifacts.write_state(run, artifacts.new_state(status, epoch + 1, config.epochs, state.stopped_early))
         if progress is not None:
             progress.end_epoch(row)
-        if stopped_early:
-            rundir.append_log(run, f"early stop: no lower validation loss for {config.patience} epochs; best epoch {best_epoch}")
+        if state.finished:
             break
-    rundir.append_log(run, f"finished: checkpoint.pt holds epoch {selected_epoch} (val loss {selected_val_loss:.4f})")
-    return FitResult(run, config, len(rows), selected_epoch, selected_val_loss, stopped_early, False, rows)
+    if state.stopped_early:
+        rundir.append_log(run, f"early stop: no lower validation loss for {config.patience} epochs; best epoch {state.best_epoch}")
+    rundir.append_log(run, f"finished: checkpoint.pt holds epoch {state.selected_epoch} (val loss {state.selected_val_loss:.4f})")
+    # Nothing resumes a finished run: drop the training state (model + optimizer, ~3x the checkpoint).
+    run.file(rundir.LAST).unlink(missing_ok=True)
+    return state
+
+
+def _next_state(state: TrainingState, config: TrainConfig, epoch: int, val_loss: float) -> TrainingState:
+    """Early-stopping and selection counters after `epoch` (1-based) with validation loss `val_loss`."""
+    state = replace(state, epoch=epoch)
+    if val_loss < state.best_val_loss:
+        state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
+    else:
+        state.bad_epochs += 1
+    if state.best_epoch == epoch or not config.select_best:
+        state.selected_epoch, state.selected_val_loss = epoch, val_loss
+    state.stopped_early = config.patience > 0 and state.bad_epochs >= config.patience and epoch < config.epochs
+    state.finished = state.stopped_early or epoch == config.epochs
+    return state
+
+
+def _epochs_done(run: rundir.RunDir, start: TrainingState) -> int:
+    """Epochs completed, as the files on disk say (the epoch in progress when a run stopped does not count)."""
+    try:
+        return artifacts.read_training_state(run).epoch if run.has(rundir.LAST) else start.epoch
+    except ReproError:
+        return start.epoch
+
+
+def _finished_state(run: rundir.RunDir, run_state: artifacts.RunState) -> TrainingState:
+    """The counters of a finished run, from its metrics.csv and checkpoint (its last.pt is gone)."""
+    rows = artifacts.read_metrics(run) if run.has(rundir.METRICS) else []
+    checkpoint = artifacts.read_checkpoint(run) if run.has(rundir.CHECKPOINT) else None
+    losses = [row["val_loss"] for row in rows]
+    best = min(range(len(losses)), key=losses.__getitem__) + 1 if losses else 0
+    return TrainingState(epoch=run_state.epoch, best_val_loss=min(losses, default=math.inf), best_epoch=best,
+                         selected_epoch=checkpoint.epoch if checkpoint else 0,
+                         selected_val_loss=checkpoint.val_loss if checkpoint else math.inf,
+                         rows=rows, finished=True, stopped_early=run_state.stopped_early)
+
+
+class _StopSignals:
+    """SIGTERM handled like Ctrl-C (a KeyboardInterrupt in the main thread), with `deferred()` sections in
+    which a signal waits until the section ends, so the files of a finished epoch are all written."""
+
+    def __init__(self):
+        self.signal_name = "interrupted"
+        self._deferring = False
+        self._pending = False
+
+    def handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+        if self._deferring:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Install `_StopSignals` for SIGINT and SIGTERM while training (main thread only: signal handlers can
+    only be set there; elsewhere, e.g. in a worker thread, the defaults stay)."""
+    stop = _StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, stop.handle)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict:
@@ -378,24 +558,31 @@ def _cpu_state(model: torch.nn.Module) -> dict:
 
 def _write_environment(run: rundir.RunDir, env: dict, resumed: bool) -> None:
     if resumed and run.has(rundir.ENV):
-        first = rundir.read_json(run.file(rundir.ENV))
+        first = artifacts.read_env(run)
         if first.get("dataset_fingerprint") != env["dataset_fingerprint"]:
             raise ReproError(f"the data set's fingerprint changed since run {run.path} started "
                              f"({first.get('dataset_fingerprint')} -> {env['dataset_fingerprint']}); refusing to resume on other data")
         first.setdefault("resumed", []).append(env)
         env = first
-    rundir.write_json(run.file(rundir.ENV), env)
+    artifacts.write_env(run, env)
 
 
-def _metrics_row(epoch: int, train: dict, val: dict, num_exits: int, lr: float) -> dict:
-    """One metrics.csv row in the contract's column order; gate columns empty when there are no gates."""
+def _metrics_row(epoch: int, train: dict, val: dict, costs, lr: float) -> dict:
+    """One metrics.csv row in the contract's column order; gate columns empty when there are no gates.
+
+    Two cost figures with two denominators, named apart: cost_vs_final is the expected cost the regulariser
+    sees (MACs over the final exit's, every branch on the way included: 427 MMACs for VGG-13 with nine
+    exits), macs_vs_plain the same expected MACs over the plain network's (247 MMACs), the denominator of
+    every speed-up and of `repro sweep --budget`."""
+    num_exits = costs.num_exits
     row = {"epoch": epoch, "train_loss": train["loss"]}
     row.update({f"train_{name}": value for name, value in train.items() if name not in ("loss", "images", "seconds")})
     row["val_loss"] = val["loss"]
     row.update({f"val_acc_exit{b}": val[f"acc_exit{b}"] for b in range(num_exits)})
     row["val_acc_method"] = val["acc_method"]
     row.update({f"gate_mean_exit{b}": val.get(f"gate_mean_exit{b}", "") for b in range(num_exits - 1)})
-    row["expected_cost"] = val["expected_cost"]
+    row["cost_vs_final"] = val["cost_vs_final"]
+    row["macs_vs_plain"] = val["cost_vs_final"] * costs.cumulative_macs[-1] / costs.plain_macs
     row["lr"] = lr
     row["seconds"] = train["seconds"]
     row["images_per_second"] = train["images"] / train["seconds"] if train["seconds"] > 0 else 0.0
@@ -410,11 +597,11 @@ def describe_epoch(row: dict) -> str:
         if key.startswith("train_") and key != "train_loss" and not key.startswith("train_ce_exit")
     )
     exits = " ".join(f"{100 * row[k]:.1f}" for k in row if k.startswith("val_acc_exit"))
-    gates = " ".join(f"{row[k]:.2f}" for k in row if k.startswith("gate_mean_exit") and row[k] is not None)
+    gates = " ".join(f"{row[k]:.2f}" for k in row if k.startswith("gate_mean_exit") and row[k] not in (None, ""))
     return (
         f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}{'  ' + terms if terms else ''}  "
         f"val loss {row['val_loss']:.4f}  val acc {100 * row['val_acc_method']:.2f}%  exits [{exits}]"
-        f"{f'  gates [{gates}]' if gates else ''}  cost {row['expected_cost']:.3f}  "
+        f"{f'  gates [{gates}]' if gates else ''}  cost {row['cost_vs_final']:.3f}x final = {row['macs_vs_plain']:.3f}x plain  "
         f"lr {row['lr']:.3g}  {row['images_per_second']:,.0f} img/s"
     )
 

@@ -23,7 +23,7 @@ class SmokeDataset:
 
 def smoke_dataset() -> SmokeDataset:
     if CIFAR_JPEG.is_file():
-        return SmokeDataset("imagefolder", CIFAR_JPEG, f"the CIFAR-10 JPEG copy ({CIFAR_JPEG})", "CIFAR-10 (JPEG copy)")
+        return SmokeDataset("cifar10-jpeg", CIFAR_JPEG.parent, f"the CIFAR-10 JPEG copy ({CIFAR_JPEG})", "CIFAR-10 (JPEG copy)")
     if FASHION_MNIST.is_file():
         return SmokeDataset("fashion-mnist", None, f"Fashion-MNIST ({FASHION_MNIST.parent})", "Fashion-MNIST")
     return SmokeDataset("synthetic", None, "the synthetic set (no real data on this machine)", "synthetic")

@@ -65,7 +65,7 @@ def test_info_of_a_missing_dataset_says_where_and_how(tmp_path):
 @pytest.mark.parametrize("command", ["info", "fetch", "verify"])
 def test_unknown_dataset_lists_the_valid_ones(command):
     line = error_line(run(command, "cifar11"), exit_code=2)
-    assert line == "Error: unknown dataset 'cifar11'; valid: cifar10, cifar100, cinic10, fashion-mnist, imagefolder, synthetic"
+    assert line == "Error: unknown dataset 'cifar11'; valid: cifar10, cifar10-jpeg, cifar100, cinic10, fashion-mnist, imagefolder, synthetic"
 
 
 def test_missing_data_says_where_it_looked_and_the_fetch_command(tmp_path):
@@ -166,3 +166,8 @@ def test_a_data_folder_that_cannot_be_created_is_one_line(tmp_path):
     not_a_folder.write_text("")
     line = error_line(run("fetch", "cifar10", "--data-dir", not_a_folder))
     assert "Not a directory" in line and str(not_a_folder) in line
+
+
+def test_fetch_of_a_file_without_a_public_url_says_where_to_put_it(tmp_path):
+    line = error_line(run("fetch", "cifar10-jpeg", "--data-dir", tmp_path))
+    assert "cifar10-jpeg.tar.gz cannot be downloaded" in line and str(tmp_path) in line

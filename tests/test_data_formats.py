@@ -315,3 +315,23 @@ def test_corrupt_cache_file_is_rebuilt(tmp_path, garbage):
     rebuilt = load_dataset("imagefolder", data_dir=tmp_path / "root", cache_dir=tmp_path / "cache")
     assert rebuilt.fingerprint == first.fingerprint
     assert cache_file.stat().st_size > 1000  # written again, whole
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR-10 JPEG copy
+
+
+def test_cifar10_jpeg_is_found_by_name_and_md5_checked(tmp_path, monkeypatch):
+    files = image_tree({"train": 3, "test": 2}, list(CLASSES10), size=32, seed=5)
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    write_tree_archive(archive, files, top="cifar10-jpeg")
+    # A tarball that is not the published one is refused before it is decoded.
+    with pytest.raises(ReproError, match=r"checksum mismatch for .*cifar10-jpeg.tar.gz: .*expected da369a48"):
+        load_dataset("cifar10-jpeg", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    pin_md5(monkeypatch, "cifar10-jpeg", archive)
+    dataset = load_dataset("cifar10-jpeg", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    assert dataset.name == "cifar10-jpeg" and dataset.classes == list(CLASSES10)
+    assert dataset.counts() == {"train": [3] * 10, "test": [2] * 10}
+    # The extracted folder is accepted in place of the tarball, and holds the same images.
+    write_tree_folder(tmp_path / "other" / "cifar10-jpeg", files)
+    extracted = load_dataset("cifar10-jpeg", data_dir=tmp_path / "other", cache_dir=tmp_path / "cache")
+    assert extracted.fingerprint == dataset.fingerprint

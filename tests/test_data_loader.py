@@ -63,8 +63,9 @@ def test_subset_is_class_balanced_with_a_fifth_for_test():
 
 def test_bad_split_requests():
     dataset = identified_dataset([5, 5], [2, 2])
-    with pytest.raises(ReproError, match=r"val_fraction must be in \[0, 1\)"):
-        make_splits(dataset, val_fraction=1.0)
+    for fraction in (0.0, 1.0):  # the same rule as TrainConfig: training needs a validation split
+        with pytest.raises(ReproError, match=r"--val-fraction must be in \(0, 1\)"):
+            make_splits(dataset, val_fraction=fraction)
     with pytest.raises(ReproError, match="subset of 11 images asked for, but the split holds only 10"):
         make_splits(dataset, subset=11)
 

@@ -30,7 +30,8 @@ def cifar_jpeg(tmp_path_factory):
     if not CIFAR_JPEG.is_file():
         pytest.skip(f"CIFAR-10 JPEG copy not found at {CIFAR_JPEG}")
     cache = tmp_path_factory.mktemp("cifar-jpeg-cache")
-    return load_dataset("imagefolder", data_dir=CIFAR_JPEG, cache_dir=cache), cache
+    # Found by name in the data folder, like the official data sets, and md5-checked before its first decode.
+    return load_dataset("cifar10-jpeg", data_dir=SHARED, cache_dir=cache), cache
 
 
 def test_fashion_mnist_from_debian(fashion):
@@ -72,5 +73,11 @@ def test_cifar10_jpeg_shapes_values_and_splits(cifar_jpeg):
     assert torch.bincount(torch.cat([small["train"][1], small["val"][1]])).tolist() == [50] * 10
     assert torch.bincount(small["test"][1]).tolist() == [10] * 10
     # The second load comes from the cache and is the same data.
-    again = load_dataset("imagefolder", data_dir=CIFAR_JPEG, cache_dir=cache)
-    assert again.fingerprint == dataset.fingerprint and len(list(cache.glob("imagefolder-*.pt"))) == 1
+    again = load_dataset("cifar10-jpeg", data_dir=SHARED, cache_dir=cache)
+    assert again.fingerprint == dataset.fingerprint and len(list(cache.glob("cifar10-jpeg-*.pt"))) == 1
+
+
+def test_the_jpeg_copy_read_as_an_image_folder_is_the_same_data(cifar_jpeg, tmp_path):
+    dataset, _ = cifar_jpeg
+    folder = load_dataset("imagefolder", data_dir=CIFAR_JPEG, cache_dir=tmp_path)
+    assert folder.fingerprint == dataset.fingerprint

@@ -61,7 +61,7 @@ def test_proposed_two_exits_probability_mix_and_cost():
     loss, terms = get_method("proposed", cost_weight=0.1).loss(TWO, TWO_TARGETS, TWO_COSTS)
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     assert terms["soft_nll"] == pytest.approx(-math.log(soft), abs=1e-5)
-    assert terms["expected_cost"] == pytest.approx(0.85, abs=1e-6)
+    assert terms["cost_vs_final"] == pytest.approx(0.85, abs=1e-6)
     assert terms["ce_exit0"] == pytest.approx(-math.log(p0), abs=1e-5)
 
 
@@ -131,7 +131,7 @@ def test_proposed_three_exits_matches_hand_computation():
     assert cost == pytest.approx((0.46 + 0.56) / 2)
     loss, terms = get_method("proposed", cost_weight=0.3).loss(THREE, torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS))
     assert terms["soft_nll"] == pytest.approx(nll, abs=1e-5)
-    assert terms["expected_cost"] == pytest.approx(0.51, abs=1e-6)
+    assert terms["cost_vs_final"] == pytest.approx(0.51, abs=1e-6)
     assert loss.item() == pytest.approx(nll + 0.3 * 0.51, abs=1e-5)
 
 

@@ -29,7 +29,7 @@ from repro.report.references import builtin_references, load_references
 from repro.report.render import markdown_escape
 from repro.report.tables import table1, table2, table2_exits, table3
 from repro.rundir import SWEEP_SOURCE
-from repro.sweep import write_sweep
+from repro.artifacts import write_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A run directory's name cannot hold "/", so the closing tag cannot be part of it.
@@ -90,9 +90,10 @@ def write_run(root: Path, name: str, cfg: dict, exit_accuracy: list[float], meth
             "device": "cpu: test CPU (2 threads)", "n_images": 100, "batch_size": 64,
             "operating_point": {"criterion": criterion, "thresholds": [0.3] * (exits - 1)},
             "batch1": {k: {"mean_ms": v, "median_ms": v, "p95_ms": v} for k, v in (("plain", plain), ("full", plain * 1.1), ("early_exit", early))},
-            "batched": {k: {"ms_per_image": v / 10} for k, v in (("plain", plain), ("full", plain * 1.1), ("early_exit", early))},
+            "batched": {k: {"ms_per_image": v / 10, "mean_ms": v / 10, "median_ms": v / 10, "p95_ms": v / 10}
+                        for k, v in (("plain", plain), ("full", plain * 1.1), ("early_exit", early))},
             "measured_speedup": {"batch1": plain / early, "batched": plain / early}, "macs_speedup": op["test"]["macs_speedup"],
-            "early_exit_accuracy": op["test"]["accuracy"],
+            "early_exit_accuracy": op["test"]["accuracy"], "exit_fractions": fractions, "checkpoint_sha256": "0" * 64,
         })
     if exits > 1 and sweep:
         rows = []
@@ -107,7 +108,7 @@ def write_run(root: Path, name: str, cfg: dict, exit_accuracy: list[float], meth
         rundir.write_csv(run.file(rundir.SWEEP), rows)
     if exits > 1 and calibration:
         rundir.write_json(run.file(rundir.CALIBRATION), {"criterion": criterion, "target": {"max_drop": 1.0},
-                                                         "thresholds": [0.3] * (exits - 1), **op})
+                                                         "thresholds": [0.3] * (exits - 1), **op, "checkpoint_sha256": "0" * 64})
     return run.path
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from repro import rundir
+from repro import artifacts, rundir
 from repro.errors import ReproError
 
 
@@ -73,8 +73,8 @@ def test_open_run_errors(tmp_path):
         rundir.open_run(tmp_path)
     run = rundir.RunDir(tmp_path)
     rundir.write_json(run.file(rundir.CONFIG), {})
-    with pytest.raises(ReproError, match="train it first"):
-        rundir.require_checkpoint(rundir.open_run(tmp_path))
+    with pytest.raises(ReproError, match="has no checkpoint.pt; train it with `repro train --resume"):
+        artifacts.read_checkpoint(rundir.open_run(tmp_path))
 
 
 def test_find_runs_below_folders(tmp_path):

@@ -71,7 +71,7 @@ def test_sweep_matches_independent_loop(criterion):
     assert len(set(points.accuracy.tolist())) >= 4 and len(set(points.mean_macs.tolist())) >= 4
 
 
-@pytest.mark.parametrize("criterion,seed", itertools.product(criteria.CRITERIA, [0, 1, 2]))
+@pytest.mark.parametrize("criterion,seed", list(itertools.product(criteria.CRITERIA, [0, 1, 2])))
 def test_sweep_agrees_with_select_exits(criterion, seed):
     split = random_split(5, 257, 4, seed=seed)
     score = criteria.scores(criterion, split.logits, split.gates)
@@ -257,12 +257,19 @@ def test_unmeetable_max_drop_and_bad_targets():
 
 
 def test_parse_thresholds():
-    assert sweep.parse_thresholds("0.1, 0.2", None, 3).tolist() == [[0.1] * 3, [0.2] * 3]
-    assert sweep.parse_thresholds(None, "0.1,0.2,0.3;0.4,0.5,0.6", 3).tolist() == [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]
-    assert sweep.parse_thresholds(None, None, 3) is None
-    with pytest.raises(ReproError, match="has 2 thresholds but the run has 3"):
-        sweep.parse_thresholds(None, "0.1,0.2", 3)
+    from repro.commands.sweep import parse_thresholds
+
+    def matrix(threshold_list, per_exit, early_exits=3):
+        return sweep.threshold_matrix(parse_thresholds(threshold_list, per_exit), early_exits)
+
+    assert matrix("0.1, 0.2", None).tolist() == [[0.1] * 3, [0.2] * 3]
+    assert matrix(None, "0.1,0.2,0.3;0.4,0.5,0.6").tolist() == [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]
+    assert parse_thresholds(None, None) is None
+    with pytest.raises(ReproError, match="got 2 thresholds for 3 early exits"):
+        matrix(None, "0.1,0.2")
+    with pytest.raises(ReproError, match="differ in length"):
+        parse_thresholds(None, "0.1,0.2;0.1")
     with pytest.raises(ReproError, match="comma-separated"):
-        sweep.parse_thresholds("a,b", None, 3)
+        parse_thresholds("a,b", None)
     with pytest.raises(ReproError, match="outside"):
-        sweep.parse_thresholds("-0.1", None, 3)
+        matrix("-0.1", None)

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from repro import criteria, rundir
 from repro.cli import app
 from repro.rundir import SWEEP_SOURCE
-from repro.sweep import SplitOutputs, sweep_checkpoint
+from repro.artifacts import sweep_checkpoint
+from repro.sweep import SplitOutputs
 
 runner = CliRunner()
 EXIT_MACS = [10.0, 25.0, 45.0, 70.0, 100.0]
@@ -34,7 +35,7 @@ def test_sweep_writes_csv_and_calibration(run):
     assert result.exit_code == 0, result.output
     assert "Pareto points on val" in result.output
     rows = read_sweep_csv(run)
-    header = open(run.file(rundir.SWEEP)).readline().strip().split(",")
+    header = run.file(rundir.SWEEP).read_text().splitlines()[0].split(",")
     assert header == ["split", "criterion", "threshold", "accuracy", "mean_macs", "macs_speedup", "exit_fractions", "pareto"]
     assert {(r["split"], r["criterion"]) for r in rows} == {(s, c) for s in ("val", "test") for c in criteria.CRITERIA}
     outputs = torch.load(run.file(rundir.OUTPUTS), weights_only=True)
@@ -114,7 +115,7 @@ def test_folder_of_runs(tmp_path, run):
     [
         (["--criterion", "depth"], 2, "unknown criterion 'depth'"),
         (["--threshold-list", "0.5,1.5"], 1, "outside [0.0, 1.0]"),
-        (["--per-exit", "0.5,0.5"], 1, "has 2 thresholds but the run has 4 early exits"),
+        (["--per-exit", "0.5,0.5"], 1, "got 2 thresholds for 4 early exits"),
         (["--max-drop", "1", "--budget", "0.5"], 1, "not both"),
         (["--thresholds", "1"], 1, "at least 2"),
         (["--thresholds", "5", "--threshold-list", "0.5"], 1, "not both"),
@@ -142,7 +143,7 @@ def test_missing_and_stale_outputs(run, tmp_path):
     assert "another checkpoint" in result.output and f"repro eval {run.path}" in " ".join(result.output.split())
     run.file(rundir.OUTPUTS).unlink()
     result = invoke("sweep", run.path)
-    assert result.exit_code == 1 and "has no outputs.pt: run `repro eval" in " ".join(result.output.split())
+    assert result.exit_code == 1 and "has no outputs.pt; recompute it with `repro eval" in " ".join(result.output.split())
     result = invoke("sweep", tmp_path / "nowhere")
     assert result.exit_code == 1 and "does not exist" in result.output
 

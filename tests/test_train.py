@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from repro import rundir
-from repro.build import build_model, load_run
+from repro.rebuild import build_model, load_run
 from repro.config import RECIPES, TrainConfig
 from repro.data import DeviceLoader
 from repro.errors import ReproError, UnknownNameError
 from repro.methods import get_method, list_methods
-from repro.trainer import epoch_seed, evaluate, fit, learning_rate, start_run
+from repro.trainer import epoch_seed, fit, learning_rate, validate
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
@@ -38,7 +38,7 @@ def data_dir(tmp_path_factory):
 def tiny(data_dir, **overrides) -> TrainConfig:
     """A VGG-13 at 1/8 width on 400 Fashion-MNIST images (320 train, 80 val, 80 test)."""
     options = dict(dataset="fashion-mnist", data_dir=str(data_dir), subset=400, epochs=3, batch_size=32, lr=1e-3,
-                   width=0.125, batch_norm=True, classifier="linear")
+                   width=0.125, batch_norm=True, classifier="linear", precision="fp32")
     options.update(overrides)
     return TrainConfig.from_recipe(options.pop("recipe", "report"), **options)
 
@@ -161,7 +161,7 @@ def _test_accuracy(run_path: Path) -> dict:
     assert not loaded.model.training
     test = DeviceLoader(*loaded.splits["test"], 256, "cpu", loaded.dataset.mean, loaded.dataset.std)
     method = get_method(loaded.config.method, **loaded.config.method_options())
-    return evaluate(loaded.model, method, test, loaded.model.costs.relative())
+    return validate(loaded.model, method, test, loaded.model.costs.relative())
 
 
 @needs_fashion
@@ -182,11 +182,13 @@ def test_each_method_beats_chance_on_fashion_mnist(method, data_dir, tmp_path):
 @needs_fashion
 def test_run_directory_contents_and_best_checkpoint(data_dir, tmp_path):
     config = tiny(data_dir, method="proposed", exits=[1, 5], epochs=2)
-    result = fit(config, start_run(config, tmp_path / "run"))  # a RunDir prepared beforehand works too
+    result = fit(config, tmp_path / "run")
     run = rundir.RunDir(tmp_path / "run")
-    for name in (rundir.CONFIG, rundir.ENV, rundir.METRICS, rundir.CHECKPOINT, rundir.LAST, rundir.LOG):
+    for name in (rundir.CONFIG, rundir.ENV, rundir.STATE, rundir.METRICS, rundir.CHECKPOINT, rundir.LOG):
         assert run.has(name), name
-    saved = rundir.read_config(run)
+    assert not run.has(rundir.LAST)  # a finished run keeps no training state: nothing resumes it
+    assert rundir.read_json(run.file(rundir.STATE))["status"] == "finished"
+    saved = rundir.read_json(run.file(rundir.CONFIG))
     assert (saved["num_classes"], saved["in_channels"], saved["image_size"], saved["exits"]) == (10, 1, 28, [1, 5])
     env = rundir.read_json(run.file(rundir.ENV))
     assert env["seed"] == 0 and env["dataset"] == "fashion-mnist" and len(env["dataset_fingerprint"]) > 0
@@ -196,12 +198,12 @@ def test_run_directory_contents_and_best_checkpoint(data_dir, tmp_path):
     columns = list(rows[0])
     assert columns[:2] == ["epoch", "train_loss"]
     for column in ["val_loss", "val_acc_exit0", "val_acc_exit2", "val_acc_method", "gate_mean_exit0", "gate_mean_exit1",
-                   "expected_cost", "lr", "seconds", "train_soft_nll", "train_expected_cost"]:
+                   "cost_vs_final", "macs_vs_plain", "lr", "seconds", "train_soft_nll", "train_cost_vs_final"]:
         assert column in columns
     checkpoint = rundir.load_torch(run.file(rundir.CHECKPOINT))
     assert set(checkpoint) >= {"model", "config", "epoch", "val_loss"}
     best = min(rows, key=lambda r: float(r["val_loss"]))
-    assert checkpoint["epoch"] == int(best["epoch"]) == result.best_epoch
+    assert checkpoint["epoch"] == int(best["epoch"]) == result.selected_epoch == result.best_epoch
     # The loaded run reproduces the validation accuracy of every exit logged for the best epoch,
     # counted here independently from the raw logits.
     loaded = load_run(run.path)
@@ -249,8 +251,10 @@ class _DieMidEpoch:
 
 @pytest.fixture(scope="module")
 def reference_run(data_dir, tmp_path_factory):
-    """An uninterrupted 3-epoch run with dropout and crop+flip augmentation (all the randomness there is)."""
-    config = tiny(data_dir, method="report-proposed", batch_norm=False, classifier="report", augment=True, subset=200)
+    """An uninterrupted 3-epoch run with dropout and crop+flip augmentation (all the randomness there is);
+    checkpoint.pt holds the last epoch's weights (--select-last), so it compares the whole run bit for bit."""
+    config = tiny(data_dir, method="report-proposed", batch_norm=False, classifier="report", augment=True, subset=200,
+                  select_best=False, patience=0)
     path = tmp_path_factory.mktemp("reference") / "run"
     fit(config, path)
     return config, path
@@ -263,9 +267,10 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(reference_run,
     with pytest.raises(_Interrupt):
         fit(config, run.path, progress=_DieMidEpoch(epoch=2))
     assert rundir.load_torch(run.file(rundir.LAST))["epoch"] == 1
+    state = rundir.read_json(run.file(rundir.STATE))
+    assert (state["status"], state["epoch"], state["epochs"]) == ("failed", 1, 3)  # the progress object raised
     result = fit(config, run.path, resume=True)
     assert [row["epoch"] for row in result.rows] == [1, 2, 3]
-    _assert_bitwise_equal(_weights(run.file(rundir.LAST)), _weights(reference / rundir.LAST))
     _assert_bitwise_equal(_weights(run.file(rundir.CHECKPOINT)), _weights(reference / rundir.CHECKPOINT))
     ours, theirs = rundir.read_csv(run.file(rundir.METRICS)), rundir.read_csv(reference / rundir.METRICS)
     assert [r["val_loss"] for r in ours] == [r["val_loss"] for r in theirs]
@@ -273,22 +278,26 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(reference_run,
     assert fit(config, run.path, resume=True).already_finished
 
 
+def _reference_command(config, path: Path) -> list[str]:
+    """`repro train` of the reference run's config, as a subprocess command."""
+    return [sys.executable, "-m", "repro", "train", "--method", "report-proposed", "--dataset", "fashion-mnist",
+            "--data-dir", config.data_dir, "--subset", "200", "--epochs", "3", "--batch-size", "32", "--lr", "0.001",
+            "--width", "0.125", "--no-batch-norm", "--classifier", "report", "--augment", "--device", "cpu",
+            "--precision", "fp32", "--select-last", "--patience", "0", "--run-dir", str(path)]
+
+
 @needs_fashion
 def test_resume_after_kill_9_equals_an_uninterrupted_run(reference_run, tmp_path):
     config, reference = reference_run
     path = tmp_path / "run"
-    command = [sys.executable, "-m", "repro", "train", "--method", "report-proposed", "--dataset", "fashion-mnist",
-               "--data-dir", config.data_dir, "--subset", "200", "--epochs", "3", "--batch-size", "32", "--lr", "0.001",
-               "--width", "0.125", "--no-batch-norm", "--classifier", "report", "--augment", "--device", "cpu",
-               "--run-dir", str(path)]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(_reference_command(config, path), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     # Wait until the first epoch is saved, then kill the process without warning during the next one.
     while not (path / rundir.LAST).is_file() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    if (path / rundir.METRICS).is_file():  # let the second epoch get about half-way
+    if (path / rundir.METRICS).is_file():  # let the second epoch get under way (a short sleep: the machine may be busy)
         seconds = float(rundir.read_csv(path / rundir.METRICS)[0]["seconds"])
-        time.sleep(seconds / 2)
+        time.sleep(seconds / 5)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert (path / rundir.LAST).is_file(), "the run was killed before it saved an epoch"
@@ -296,7 +305,33 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(reference_run, tmp_path
     done = subprocess.run([sys.executable, "-m", "repro", "train", "--resume", str(path), "--device", "cpu"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    _assert_bitwise_equal(_weights(path / rundir.LAST), _weights(reference / rundir.LAST))
+    _assert_bitwise_equal(_weights(path / rundir.CHECKPOINT), _weights(reference / rundir.CHECKPOINT))
+
+
+@needs_fashion
+def test_sigterm_leaves_a_resumable_run_and_says_how_to_resume(reference_run, tmp_path):
+    config, reference = reference_run
+    path = tmp_path / "run"
+    process = subprocess.Popen(_reference_command(config, path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (path / rundir.LAST).is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr  # 128 + SIGTERM, as a shell reports a terminated program
+    assert "Traceback" not in stderr
+    message = " ".join(stderr.split())
+    assert message.startswith("Error: SIGTERM: run") and f"Resume it with: repro train --resume {path}" in message
+    state = rundir.read_json(path / rundir.STATE)
+    assert state["status"] == "interrupted" and state["epochs"] == 3
+    assert f"interrupted at epoch {state['epoch']}/3" in message
+    # last.pt is whole and agrees with state.json: the interrupted epoch is not half-saved.
+    assert rundir.load_torch(path / rundir.LAST)["epoch"] == state["epoch"] >= 1
+    # The printed command resumes it, to bitwise the weights of an uninterrupted run.
+    done = subprocess.run([sys.executable, "-m", "repro", "train", "--resume", str(path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert rundir.read_json(path / rundir.STATE)["status"] == "finished"
     _assert_bitwise_equal(_weights(path / rundir.CHECKPOINT), _weights(reference / rundir.CHECKPOINT))
 
 
@@ -314,14 +349,14 @@ def test_early_stopping_keeps_the_best_epoch(data_dir, tmp_path):
     best = min(range(len(losses)), key=losses.__getitem__) + 1
     assert result.best_epoch == best == first_worse
     assert rundir.load_torch(tmp_path / "run" / rundir.CHECKPOINT)["epoch"] == best
-    assert rundir.load_torch(tmp_path / "run" / rundir.LAST)["finished"]
+    state = rundir.read_json(tmp_path / "run" / rundir.STATE)
+    assert (state["status"], state["stopped_early"], state["epoch"]) == ("finished", True, len(losses))
 
 
 @needs_fashion
 def test_select_last_keeps_the_last_epoch(data_dir, tmp_path):
     config = tiny(data_dir, method="bnet", exits=[2], epochs=2, subset=200, select_best=False, patience=0)
     result = fit(config, tmp_path / "run")
-    assert result.best_epoch == 2 and not result.stopped_early
+    assert result.selected_epoch == 2 and not result.stopped_early
     checkpoint = rundir.load_torch(tmp_path / "run" / rundir.CHECKPOINT)
     assert checkpoint["epoch"] == 2 and checkpoint["val_loss"] == result.rows[-1]["val_loss"]
-    _assert_bitwise_equal(checkpoint["model"], _weights(tmp_path / "run" / rundir.LAST))

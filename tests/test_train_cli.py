@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from repro import rundir
-from repro.build import load_run
+from repro.rebuild import load_run
 from repro.cli import app
 from repro.errors import ReproError
 
@@ -125,12 +125,12 @@ def test_corrupt_checkpoints_are_clear_errors(data_dir, tmp_path):
     (run / rundir.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ReproError, match="corrupt"):
         load_run(run)
-    # A damaged last.pt of an unfinished run: resuming says so instead of a traceback.
-    state = rundir.load_torch(run / rundir.LAST)
+    assert rundir.read_json(run / rundir.STATE)["epoch"] == 2 and not (run / rundir.LAST).exists()
+    # A damaged last.pt of an unfinished run (as if killed in epoch 2): resuming says so instead of a traceback.
+    rundir.write_json(run / rundir.STATE, {"status": "interrupted", "epoch": 1, "epochs": 2, "stopped_early": False, "error": None})
     (run / rundir.LAST).write_bytes(rundir.file_sha256(run / rundir.CONFIG).encode())
     result = invoke(["train", "--resume", run], tmp_path)
-    assert result.exit_code == 1 and "corrupt" in result.output and "Traceback" not in result.output
-    assert state["epoch"] == 2
+    assert result.exit_code == 1 and "last.pt is damaged" in result.output and "Traceback" not in result.output
 
 
 @needs_fashion

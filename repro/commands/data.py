@@ -61,7 +61,7 @@ def info_command(
     if spec.homepage:
         console.print(f"homepage: {spec.homepage}")
     for remote in spec.files:
-        console.print(f"file: {remote.filename}  md5 {remote.md5}  from {remote.url}")
+        console.print(f"file: {remote.filename}  md5 {remote.md5}  from {remote.url or 'no public URL: place it by hand'}")
     if spec.needs_root and data_dir is None:
         console.print("layout: ROOT/{train,test[,valid]}/<class>/*.png|jpg (a folder or .tar.gz); pass --data-dir ROOT")
         return

@@ -19,7 +19,7 @@ def sweep(
     criterion: Annotated[str, typer.Option("--criterion", "-c", help="entropy, maxprob, gate, or all that apply.")] = "all",
     thresholds: Annotated[
         int | None,
-        typer.Option("--thresholds", help="Number of thresholds: the range ends plus quantiles of the val scores (default 201)."),
+        typer.Option("--thresholds", help="Number of thresholds: the range ends plus quantiles of the val scores. [default: 201]"),
     ] = None,
     threshold_list: Annotated[
         str | None, typer.Option("--threshold-list", help="Explicit thresholds shared by all exits, e.g. '0.1,0.2'.")
@@ -35,29 +35,53 @@ def sweep(
     ] = None,
 ):
     """Sweep exit thresholds over val and test from RUN/outputs.pt; write sweep.csv (and calibration.json)."""
-    from repro import rundir
+    from repro import rundir, steps
     from repro.errors import ReproError, check_name
-    from repro.sweep import CRITERION_CHOICES, DEFAULT_THRESHOLD_COUNT, check_target, sweep_run
+    from repro.sweep import CRITERION_CHOICES, NoEarlyExits, check_target
 
     # Usage errors first, before any run is read.
     check_name("criterion", criterion, CRITERION_CHOICES)
-    check_target(max_drop, budget)
+    target = check_target(max_drop, budget)
     if thresholds is not None and (threshold_list is not None or per_exit is not None):
         raise ReproError("give --thresholds (a count) or explicit --threshold-list / --per-exit values, not both")
-    count = DEFAULT_THRESHOLD_COUNT if thresholds is None else thresholds
+    explicit = parse_thresholds(threshold_list, per_exit)
     found = rundir.find_runs(runs)
     for run in found:
         try:
-            result = sweep_run(run, criterion, count, threshold_list, per_exit, max_drop, budget)
-        except ReproError as error:
+            result = steps.sweep_run(run, criterion, thresholds, explicit, target)
+        except NoEarlyExits as error:
+            if len(found) == 1:
+                raise
             # In a folder of runs, a baseline (no early exits) is skipped, not fatal.
-            if len(found) > 1 and "no early exits" in str(error):
-                console.print(f"[yellow]skipped {run.path}:[/] {error}", highlight=False)
-                continue
-            raise
+            console.print(f"[yellow]skipped {run.path}:[/] {error}", highlight=False)
+            continue
         console.print(summary_table(run.name, result))
         written = [rundir.SWEEP, rundir.SWEEP_SOURCE] + ([rundir.CALIBRATION] if result.calibration is not None else [])
         console.print(f"wrote {', '.join(str(run.file(name)) for name in written)}", highlight=False)
+
+
+def parse_thresholds(threshold_list: str | None, per_exit: str | None) -> list | None:
+    """--threshold-list '0.1,0.2' (shared by every exit) or --per-exit '0.1,0.2,...;0.3,...' (one vector per
+    point, one threshold per early exit) -> a list of numbers or of vectors; None when neither is given.
+    Counts and ranges are checked against the run (repro.sweep.threshold_matrix)."""
+    from repro.errors import ReproError
+    from repro.parsing import number_list
+
+    if threshold_list is not None and per_exit is not None:
+        raise ReproError("give --threshold-list or --per-exit, not both")
+    if threshold_list is not None:
+        values = number_list(threshold_list, "--threshold-list")
+        if not values:
+            raise ReproError("--threshold-list is empty")
+        return values
+    if per_exit is not None:
+        vectors = [number_list(part, "--per-exit") for part in per_exit.split(";") if part.strip()]
+        if not vectors or not all(vectors):
+            raise ReproError("--per-exit is empty; give vectors like '0.1,0.2,...;0.3,0.4,...'")
+        if len({len(v) for v in vectors}) > 1:
+            raise ReproError(f"--per-exit vectors differ in length ({', '.join(str(len(v)) for v in vectors)}); give one threshold per early exit in each")
+        return vectors
+    return None
 
 
 def summary_table(name: str, result):

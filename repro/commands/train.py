@@ -1,8 +1,8 @@
 """`repro train`: train one run per seed of a model with a method, into reproducible run directories.
 
-Thin (STYLE.md, principle 8): parse the options into a TrainConfig (recipe defaults, then every option
-given), prepare the run directory (new, --overwrite, or --resume), and call repro.trainer.fit with a Rich
-progress bar. Options left out keep the recipe's value; the resolved config is saved as config.json.
+Thin (STYLE.md, principle 8): the training options come from TrainConfig's fields (config_options); the
+command plans the runs (repro.plan), then calls repro.trainer.fit for each with a Rich progress display.
+Options left out keep the recipe's value; the resolved config is saved as config.json.
 """
 
 from __future__ import annotations
@@ -12,149 +12,84 @@ from typing import Annotated, Optional
 
 import typer
 
+from repro.commands.config_options import with_config_options
+from repro.config import RUN
 from repro.console import cli_errors, console
-from repro.errors import ReproError
-
-RUNS_ROOT = Path("runs")
-
-
-def _int_list(text: str | None, what: str) -> list[int] | None:
-    if text is None:
-        return None
-    if text.strip().lower() in ("", "none"):
-        return []
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ReproError(f"{what} must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
-
-
-def _float_list(text: str | None, what: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ReproError(f"{what} must be comma-separated numbers, e.g. 1,1,0.5; got {text!r}") from None
 
 
 @cli_errors
+@with_config_options
 def train(
-    model: Annotated[Optional[str], typer.Option(help="vgg13 | alexnet | resnet18 (default: vgg13)")] = None,
-    method: Annotated[Optional[str], typer.Option(help="baseline | bnet | proposed | report-proposed | report-maxprob (default: proposed)")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="cifar10 | cifar100 | cinic10 | fashion-mnist | imagefolder | synthetic (default: synthetic)")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Where data sets live (default: ./data or $REPRO_DATA)")] = None,
-    subset: Annotated[Optional[int], typer.Option(help="Train on N class-balanced images (N // 5 test)")] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="report (the reproduction report's setup) | modern (batch norm, augmentation, SGD schedule) (default: report)")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (recipe: 30)")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (report 128, modern 256)")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (report 5e-4, modern 0.1)")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="L2 coefficient (report 0, modern 5e-4)")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="adam | sgd (report adam, modern sgd)")] = None,
-    momentum: Annotated[Optional[float], typer.Option(help="SGD momentum (0.9)")] = None,
-    nesterov: Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="SGD Nesterov momentum (modern: on)")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="constant | warmup-linear | warmup-cosine (report constant, modern warmup-linear)")] = None,
-    warmup_epochs: Annotated[Optional[float], typer.Option(help="Epochs of linear warm-up (modern 2)")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of every CE term (0)")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Early stopping patience in epochs; 0 = never stop early (report 5, modern 0)")] = None,
-    select_best: Annotated[Optional[bool], typer.Option("--select-best/--select-last", help="checkpoint.pt = lowest val loss or last epoch (report best, modern last)")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of training images held out (report 0.2, modern 0.1)")] = None,
-    split_seed: Annotated[Optional[int], typer.Option(help="Seed of the train/val split and subset (0)")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crop + flip (modern: on)")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, batch order, augmentation, dropout (0)")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Several seeds, e.g. 0,1,2: one run per seed")] = None,
-    exits: Annotated[Optional[str], typer.Option(help="Early-exit positions, e.g. 0,2,4 (the model's default)")] = None,
-    width: Annotated[Optional[float], typer.Option(help="Channel multiplier (1.0)")] = None,
-    batch_norm: Annotated[Optional[bool], typer.Option("--batch-norm/--no-batch-norm", help="Batch norm after each convolution (report off, modern on; resnet18 always on)")] = None,
-    classifier: Annotated[Optional[str], typer.Option(help="report (512-4096-4096-C) | linear (report report, modern linear)")] = None,
-    dropout: Annotated[Optional[bool], typer.Option("--dropout/--no-dropout", help="Dropout in the report classifier (on)")] = None,
-    head: Annotated[Optional[str], typer.Option(help="Exit branch: conv (the report's) | pool (conv)")] = None,
-    cost_weight: Annotated[Optional[float], typer.Option(help="proposed: lambda of the expected-cost term (0.1)")] = None,
-    joint_weight: Annotated[Optional[float], typer.Option(help="Soft-output methods: weight of the per-exit CE sum (proposed 0, report-* 1)")] = None,
-    mix: Annotated[Optional[str], typer.Option(help="Soft-output methods: probs | logits (probs)")] = None,
-    alphas: Annotated[Optional[str], typer.Option(help="bnet: CE weight per exit, final included, e.g. 1,1,0.5 (all 1)")] = None,
-    detach_confidence: Annotated[Optional[bool], typer.Option("--detach-confidence/--no-detach-confidence", help="report-*: stop gradients at the confidence gates (off)")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (opt-in)")] = False,
-    name: Annotated[Optional[str], typer.Option(help="Run name: runs/NAME (default: MODEL-METHOD-DATASET-seedSEED)")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (instead of runs/NAME)")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory")] = False,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory (the same options only)")] = None,
+    options: dict,
+    seeds: Annotated[Optional[str], typer.Option(help="Several seeds, e.g. 0,1,2: one run per seed", rich_help_panel=RUN,
+                                                 metavar="LIST")] = None,
+    device: Annotated[str, typer.Option(help="auto (cuda when there is one) | cpu | cuda", rich_help_panel=RUN, metavar="NAME")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model", rich_help_panel=RUN)] = False,
+    name: Annotated[Optional[str], typer.Option(help="Run name: runs/NAME [default: MODEL-METHOD-DATASET-seedSEED]",
+                                                rich_help_panel=RUN, metavar="NAME")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory, instead of runs/NAME", rich_help_panel=RUN,
+                                                    metavar="PATH")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory", rich_help_panel=RUN)] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory (give no other option, or the same)",
+                                                   rich_help_panel=RUN, metavar="PATH")] = None,
 ):
     """Train a multi-exit network (or the baseline) and save a reproducible run directory."""
-    from repro.config import TrainConfig
     from repro.environment import select_device
+    from repro.errors import ReproError
+    from repro.parsing import number_list
+    from repro.plan import PlannedRun, plan_runs
     from repro.trainer import fit, resume_config
 
-    if seed is not None and seeds is not None:
-        raise ReproError("give --seed or --seeds, not both")
-    seed_list = _int_list(seeds, "--seeds") if seeds is not None else [seed if seed is not None else 0]
-    if not seed_list:
-        raise ReproError("--seeds needs at least one seed, e.g. 0,1,2")
-    if len(set(seed_list)) != len(seed_list):
-        raise ReproError(f"--seeds has a repeated seed: {seeds}")
-    if name is not None and run_dir is not None:
-        raise ReproError("give --name or --run-dir, not both")
-    options = dict(
-        model=model, method=method, dataset=dataset, data_dir=str(data_dir) if data_dir else None, subset=subset,
-        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer, momentum=momentum,
-        nesterov=nesterov, schedule=schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-        patience=patience, select_best=select_best,
-        val_fraction=val_fraction, split_seed=split_seed, augment=augment, exits=_int_list(exits, "--exits"),
-        width=width, batch_norm=batch_norm, classifier=classifier, dropout=dropout, head=head, cost_weight=cost_weight,
-        joint_weight=joint_weight, mix=mix, alphas=_float_list(alphas, "--alphas"), detach_confidence=detach_confidence,
-    )
+    recipe = options.pop("recipe")
     torch_device = select_device(device)
-
+    seed_list = number_list(seeds, "--seeds", int) if seeds is not None else None
     if resume is not None:
         if overwrite or name is not None or run_dir is not None or seeds is not None:
             raise ReproError("--resume continues one existing run; drop --overwrite, --name, --run-dir and --seeds")
-        run, config = resume_config(resume, {**options, "seed": seed, "recipe": recipe})
-        jobs = [(config, run.path)]
+        run, config = resume_config(resume, {**options, "recipe": recipe})
+        planned = [PlannedRun(config, run.path)]
     else:
-        jobs = []
-        for one_seed in seed_list:
-            config = TrainConfig.from_recipe(recipe or "report", seed=one_seed, **options)
-            path = _run_path(config, name, run_dir, one_seed, several=len(seed_list) > 1)
-            jobs.append((config, path))
-        # Refuse an existing run directory before training anything.
-        for config, path in jobs:
-            if path.is_dir() and any(path.iterdir()) and not overwrite:
-                raise ReproError(f"run directory {path} already exists; pass --overwrite to replace it or --resume {path} to continue it")
+        planned = plan_runs(options, recipe, seed_list, name, run_dir, overwrite)
 
-    for config, path in jobs:
+    for job in planned:
+        config = job.config
         verb = "resuming" if resume is not None else "training"
         console.print(f"[bold]{verb}[/] {config.model} / {config.method} on {config.dataset} "
-                      f"(recipe {config.recipe}, seed {config.seed}) -> {path}", highlight=False, soft_wrap=True)
-        with _RichProgress() as progress:
-            result = fit(config, path, resume=resume is not None, overwrite=overwrite, device=torch_device,
+                      f"(recipe {config.recipe}, seed {config.seed}) -> {job.path}", highlight=False, soft_wrap=True)
+        hint = cpu_hint(config, torch_device)
+        if hint:
+            console.print(hint, style="dim", highlight=False)
+        with RichProgress() as progress:
+            result = fit(config, job.path, resume=resume is not None, overwrite=overwrite, device=torch_device,
                          compile=compile, progress=progress)
-        run = result.run
+        state = result.state
         if result.already_finished:
-            how = ", stopped early" if result.stopped_early else ""
-            console.print(f"run {run.path} already finished: {result.epochs_done} of {config.epochs} epochs{how}; "
-                          f"checkpoint.pt holds epoch {result.best_epoch}; nothing to do", highlight=False, soft_wrap=True)
+            how = ", stopped early" if state.stopped_early else ""
+            console.print(f"run {result.run.path} already finished: {state.epoch} of {config.epochs} epochs{how}; "
+                          f"checkpoint.pt holds epoch {state.selected_epoch}; nothing to do", highlight=False, soft_wrap=True)
             continue
-        last = result.rows[-1] if result.rows else {}
-        best = next((row for row in result.rows if row["epoch"] == result.best_epoch), last)
-        console.print(f"[green]done[/] {run.path}: checkpoint.pt = epoch {result.best_epoch} "
-                      f"(val loss {result.best_val_loss:.4f}, val acc method {best.get('val_acc_method', float('nan')):.4f})"
-                      f"{', stopped early' if result.stopped_early else ''}", highlight=False, soft_wrap=True)
+        selected = next((row for row in state.rows if row["epoch"] == state.selected_epoch), state.rows[-1])
+        console.print(f"[green]done[/] {result.run.path}: checkpoint.pt = epoch {state.selected_epoch} "
+                      f"(val loss {state.selected_val_loss:.4f}, val acc {selected['val_acc_method']:.2%})"
+                      f"{', stopped early' if state.stopped_early else ''}", highlight=False, soft_wrap=True)
 
 
-def _run_path(config, name: str | None, run_dir: Path | None, seed: int, several: bool) -> Path:
-    if run_dir is not None:
-        return Path(f"{run_dir}-seed{seed}") if several else run_dir
-    if name is not None:
-        return RUNS_ROOT / (f"{name}-seed{seed}" if several else name)
-    return RUNS_ROOT / f"{config.model}-{config.method}-{config.dataset}-seed{seed}"
+def cpu_hint(config, device) -> str | None:
+    """One line on a CPU when the run is large: what makes it fit (the progress bar then shows the total)."""
+    if device.type != "cpu" or (config.width < 0.5 and (config.subset or 0) <= 10000):
+        return None
+    faster = "" if config.precision in ("auto", "bf16") else " --precision bf16 (on CPUs with native bf16),"
+    return (f"Training on the CPU: at width {config.width:g} on {'all' if config.subset is None else config.subset} images "
+            f"an epoch takes minutes; for a quick look try{faster} --width 0.25 --subset 5000 --epochs 5.")
 
 
-class _RichProgress:
-    """repro.trainer.Progress as a Rich bar: images/s, loss and ETA of the epoch; one line per epoch."""
+class RichProgress:
+    """repro.trainer.Progress as two Rich bars: the whole run (images done of epochs x images, elapsed, the
+    estimated time left, so the total is known from the first batches on) and the epoch (images/s, loss)."""
 
     def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
         from rich.text import Text
 
         class Throughput(ProgressColumn):
@@ -163,9 +98,11 @@ class _RichProgress:
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Throughput(),
-            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console, transient=True,
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            console=console, transient=True,
         )
-        self.task = None
+        self.run_task = None
+        self.epoch_task = None
 
     def __enter__(self):
         self.progress.__enter__()
@@ -175,15 +112,20 @@ class _RichProgress:
         return self.progress.__exit__(*exc)
 
     def start_epoch(self, epoch: int, epochs: int, num_images: int) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=num_images, loss="-")
+        if self.run_task is None:
+            done = (epoch - 1) * num_images
+            self.run_task = self.progress.add_task(f"run ({epochs} epochs)", total=epochs * num_images,
+                                                   completed=done, info="")
+        if self.epoch_task is not None:
+            self.progress.remove_task(self.epoch_task)
+        self.epoch_task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=num_images, info="loss -")
 
     def advance(self, images: int, loss: float | None) -> None:
+        self.progress.advance(self.run_task, images)
         if loss is None:
-            self.progress.advance(self.task, images)
+            self.progress.advance(self.epoch_task, images)
         else:
-            self.progress.update(self.task, advance=images, loss=f"{loss:.4f}")
+            self.progress.update(self.epoch_task, advance=images, info=f"loss {loss:.4f}")
 
     def end_epoch(self, row: dict) -> None:
         from repro.trainer import describe_epoch

@@ -18,11 +18,6 @@ from repro.errors import ReproError, error_reason
 DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
-def is_archive_name(path: Path) -> bool:
-    name = Path(path).name.lower()
-    return name.endswith((".tar.gz", ".tgz", ".tar"))
-
-
 def member_entries(path: Path, want=None) -> Iterator[tuple[str, bytes | None]]:
     """Yield (name, bytes) for each regular file, and (name + "/", None) for each folder, in archive order.
 

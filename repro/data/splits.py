@@ -56,8 +56,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, num_classes: int, se
 def make_splits(dataset: ImageDataset, val_fraction: float = 0.2, seed: int = 0, subset: int | None = None) -> dict[str, Split]:
     """{"train", "val", "test"} -> (images, labels). `subset` N: N training-pool images (before the
     train/val split; class-balanced) and N // 5 test images; for CINIC-10 also N // 5 of its validation set."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ReproError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0.0 < val_fraction < 1.0:  # the same rule as TrainConfig.validate: training needs a validation split
+        raise ReproError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if subset is not None and subset < 1:
         raise ReproError(f"subset must be a positive number of images, got {subset}")
     classes = dataset.num_classes

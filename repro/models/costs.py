@@ -14,7 +14,7 @@ plus all early heads. plain_macs is the network without exits (the backbone and 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,9 +41,6 @@ class ExitCosts:
         """Cumulative cost of each exit divided by the final exit's: float32 [E], last entry 1.0."""
         cumulative = torch.tensor(self.cumulative_macs, dtype=torch.float64)
         return (cumulative / cumulative[-1]).float()
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _counted_flops(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:

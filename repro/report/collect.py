@@ -6,8 +6,9 @@ subset, width, data source, ...) are never averaged together; they become separa
 the keys in which they differ (`Group.variant`). Standard deviations are sample standard deviations
 (ddof = 1) over seeds, so a group of one run has a mean and no spread.
 
-Everything is read through repro.rundir. A missing or unreadable file never stops the report: it becomes
-a `Missing` item carrying the command that would produce it, and the cells that need it stay empty.
+Everything is read through repro.artifacts, which validates each file. A missing, damaged or stale file
+never stops the report: it becomes a `Missing` item carrying the command that would produce it, and the
+cells that need it stay empty.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from repro import rundir
+from repro import artifacts, rundir
 from repro.errors import ReproError, error_reason
-from repro.sweep import sweep_checkpoint
 
 # Config keys that name or place a run rather than define the experiment; with `seed` they are ignored when grouping.
 NOT_GROUPED = ("seed", "run_dir", "name", "device")
 # Display order of our methods (the report's rows follow the same order); unknown methods sort after, by name.
 METHOD_ORDER = ("baseline", "bnet", "proposed", "report-proposed", "report-maxprob")
-DATASET_ORDER = ("cifar10", "cifar100", "cinic10", "fashion-mnist", "synthetic", "imagefolder")
+DATASET_ORDER = ("cifar10", "cifar10-jpeg", "cifar100", "cinic10", "fashion-mnist", "synthetic", "imagefolder")
 DATASET_LABELS = {
     "cifar10": "CIFAR-10",
     "cifar100": "CIFAR-100",
@@ -89,6 +89,8 @@ class DatasetInfo:
 def describe_dataset(config: dict) -> DatasetInfo:
     """How a run's dataset is labelled and which reference numbers, if any, it is compared with."""
     name = str(config.get("dataset", "?"))
+    if name == "cifar10-jpeg":
+        return DatasetInfo(name, JPEG_COPY_LABEL, "cifar10", JPEG_COPY_NOTE)
     if name == "imagefolder":
         root = Path(str(config.get("data_dir") or ""))
         if root.name in JPEG_COPY_NAMES:
@@ -167,91 +169,45 @@ def _number(value) -> float:
         return math.nan
 
 
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    """CSV rows -> DataFrame with numeric columns as floats (empty cells NaN); text columns of sweep.csv kept
-    (a threshold is a number or a JSON list of per-exit numbers)."""
-    frame = pd.DataFrame(rows)
-    for column in frame.columns:
-        if column in ("split", "criterion", "threshold", "exit_fractions", "pareto"):
-            continue
-        frame[column] = pd.to_numeric(frame[column].replace("", np.nan), errors="coerce")
-    return frame
-
-
-def _sweep_frame(rows: list[dict]) -> pd.DataFrame:
-    expected = ("split", "criterion", "threshold", "accuracy", "mean_macs", "macs_speedup", "exit_fractions", "pareto")
-    if rows and not set(expected) <= set(rows[0]):
-        lacking = ", ".join(c for c in expected if c not in rows[0])
-        raise ReproError(f"sweep.csv lacks the columns {lacking}")
-    frame = _frame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=list(expected))
-    frame["exit_fractions"] = [json.loads(v) if v else None for v in frame["exit_fractions"]]
-    frame["pareto"] = frame["pareto"].astype(str).str.lower().isin(("true", "1", "yes"))
-    return frame
+SWEEP_FRAME_COLUMNS = ("split", "criterion", "threshold", "accuracy", "mean_macs", "macs_speedup", "exit_fractions", "pareto")
 
 
 def read_run(run: rundir.RunDir) -> RunRecord:
     """Read one run; a config.json that cannot be read is a ReproError, everything else becomes `missing`."""
-    record = RunRecord(run, rundir.read_config(run))
-    if not isinstance(record.config, dict):
-        raise ReproError(f"{run.file(rundir.CONFIG)} is not a JSON object")
+    record = RunRecord(run, artifacts.read_config(run).to_dict())
     commands = fill_commands(run)
 
-    def load(name: str, reader):
+    def load(name: str, reader, recorded=None):
+        """reader(run) -> value, or a Missing item: absent, damaged, or from another checkpoint."""
         if not run.has(name):
             record.missing.append(Missing(str(run.path), name, WHY_ABSENT[name], commands[name]))
             return None
         try:
-            return reader(run.file(name))
-        except (ReproError, ValueError, KeyError) as error:
-            reason = error_reason(error, 200)
-            record.missing.append(Missing(str(run.path), name, f"unreadable ({reason})", commands[name]))
+            value = reader(run)
+        except ReproError as error:
+            record.missing.append(Missing(str(run.path), name, f"unreadable ({error_reason(error, 200)})", commands[name]))
             return None
+        if recorded is not None:
+            reason = artifacts.stale_reason(run, recorded(value))
+            if reason:
+                record.missing.append(Missing(str(run.path), name, reason, commands[name]))
+                return None
+        return value
 
-    record.metrics = load(rundir.METRICS, lambda p: _frame(rundir.read_csv(p)))
-    record.eval = load(rundir.EVAL, rundir.read_json)
-    record.timing = load(rundir.TIMING, rundir.read_json)
+    def sha(value):
+        return value.get("checkpoint_sha256")
+
+    record.metrics = load(rundir.METRICS, lambda r: pd.DataFrame(artifacts.read_metrics(r)))
+    record.eval = load(rundir.EVAL, lambda r: artifacts.read_eval(r, check_current=False), sha)
+    record.timing = load(rundir.TIMING, lambda r: artifacts.read_timing(r, check_current=False), sha)
     if record.has_exits or run.has(rundir.SWEEP):
-        record.sweep = load(rundir.SWEEP, lambda p: _sweep_frame(rundir.read_csv(p)))
+        record.sweep = load(rundir.SWEEP, lambda r: pd.DataFrame(artifacts.read_sweep(r, check_current=False),
+                                                                 columns=list(SWEEP_FRAME_COLUMNS)),
+                            lambda _: artifacts.sweep_checkpoint(run))
     if record.has_exits or run.has(rundir.CALIBRATION):
-        record.calibration = load(rundir.CALIBRATION, rundir.read_json)
-    _drop_stale(record, commands)
+        record.calibration = load(rundir.CALIBRATION, lambda r: artifacts.read_calibration(r, check_current=False), sha)
     return record
 
-
-# The files computed from checkpoint.pt, and the RunRecord attribute that holds each.
-DERIVED = {rundir.EVAL: "eval", rundir.TIMING: "timing", rundir.SWEEP: "sweep", rundir.CALIBRATION: "calibration"}
-
-
-def _drop_stale(record: RunRecord, commands: dict[str, str]) -> None:
-    """Results of another checkpoint than the run's checkpoint.pt are not reported, each file judged alone.
-
-    After a retrain or resume, a fresh `repro eval` must not bring the old sweep, calibration or timing
-    back beside it. eval.json, timing.json and calibration.json record the checkpoint's SHA-256; sweep.csv,
-    whose columns are fixed, records it in a sidecar (repro.sweep.sweep_checkpoint). A file that records no
-    checkpoint (an older repro wrote it) cannot be checked and is dropped too; a run without checkpoint.pt
-    has nothing to check against, and everything is kept.
-    """
-    run = record.run
-    if not run.has(rundir.CHECKPOINT):
-        return
-    current = rundir.file_sha256(run.file(rundir.CHECKPOINT))
-    recorded = {
-        rundir.EVAL: _get(record.eval, "checkpoint_sha256"),
-        rundir.TIMING: _get(record.timing, "checkpoint_sha256"),
-        rundir.SWEEP: sweep_checkpoint(run) if record.sweep is not None else None,
-        rundir.CALIBRATION: _get(record.calibration, "checkpoint_sha256"),
-    }
-    for name, attribute in DERIVED.items():
-        if getattr(record, attribute) is None or recorded[name] == current:
-            continue
-        if recorded[name]:
-            why = "computed from another checkpoint than the run's checkpoint.pt"
-        else:
-            why = "does not record the checkpoint it was computed from, so it cannot be checked against checkpoint.pt"
-        record.missing.append(Missing(str(run.path), name, why, commands[name]))
-        setattr(record, attribute, None)
 
 # ---------------------------------------------------------------------------------------------- per-run values
 

@@ -11,7 +11,7 @@ from repro.console import cli_errors, console
 
 
 @cli_errors
-def evaluate(
+def eval_command(
     run: Annotated[Path, typer.Argument(help="The run directory (holds config.json and checkpoint.pt).", show_default=False)],
     timing: Annotated[bool, typer.Option("--timing", help="Also time plain, full and early-exit inference (timing.json).")] = False,
     timing_images: Annotated[int, typer.Option("--timing-images", min=1, help="Test images to time.")] = 1000,
@@ -22,20 +22,16 @@ def evaluate(
     ] = None,
 ):
     """Run every exit once over val and test: RUN/outputs.pt and RUN/eval.json (and RUN/timing.json)."""
-    from repro import rundir
+    from repro import rundir, steps
     from repro.environment import select_device
-    from repro.evaluation import evaluate_run
 
     run_dir = rundir.open_run(run)
-    rundir.require_checkpoint(run_dir)
     resolved = str(select_device(device))
-    summary = evaluate_run(run_dir, batch_size=batch_size, device=resolved)
+    summary = steps.evaluate_run(run_dir, batch_size=batch_size, device=resolved)
     console.print(exit_table(summary))
     console.print(f"wrote {run_dir.file(rundir.OUTPUTS)}, {run_dir.file(rundir.EVAL)}", highlight=False)
     if timing:
-        from repro.timing import time_run
-
-        result = time_run(run_dir, n_images=timing_images, batch_size=batch_size, device=resolved, threads=threads)
+        result = steps.time_run(run_dir, n_images=timing_images, batch_size=batch_size, device=resolved, threads=threads)
         console.print(timing_table(result))
         console.print(f"wrote {run_dir.file(rundir.TIMING)}", highlight=False)
 

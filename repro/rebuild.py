@@ -1,4 +1,4 @@
-"""Rebuild a run's pieces from its config: the model, the data splits, and a trained run's best weights.
+"""Rebuild a run's pieces from its config: the model, the data splits, and a trained run ready to use.
 
 The config saved in config.json is enough to rebuild a run (STYLE.md, principle 3): `build_model` makes
 the same network the trainer trained, `load_data` the same splits, and `load_run` gives `repro eval` (and
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from repro import rundir
+from repro import artifacts, rundir
 from repro.config import TrainConfig
 from repro.errors import ReproError, error_reason
 
@@ -74,26 +74,24 @@ class LoadedRun:
     val_loss: float  # its validation loss
 
 
-def load_checkpoint(run: rundir.RunDir) -> dict:
-    """checkpoint.pt of a run, checked for the keys every checkpoint has."""
-    path = rundir.require_checkpoint(run)
-    checkpoint = rundir.load_torch(path, f"checkpoint of run {run.path}")
-    if not isinstance(checkpoint, dict) or not {"model", "config", "epoch", "val_loss"} <= set(checkpoint):
-        raise ReproError(f"{path} is not a repro checkpoint (it lacks model/config/epoch/val_loss)")
-    return checkpoint
-
-
 def load_run(run_dir, device: str | torch.device = "cpu") -> LoadedRun:
     """A trained run: its config, the best weights in eval mode on `device`, its splits and data set."""
     run = rundir.open_run(Path(run_dir))
-    checkpoint = load_checkpoint(run)
-    config = TrainConfig.from_dict(checkpoint["config"])
+    # config.json is the source of truth for what the run is; the checkpoint must have been trained with it.
+    # Where the data lives may differ (data moves, and `repro train --resume --data-dir` records the new place).
+    config = artifacts.read_config(run)
+    checkpoint = artifacts.read_checkpoint(run)
+    trained = TrainConfig.from_dict(checkpoint.config, source=f"the config inside {run.file(rundir.CHECKPOINT)}")
+    differences = trained.differences(config, ignore=("data_dir",))
+    if differences:
+        raise ReproError(f"{run.file(rundir.CHECKPOINT)} was trained with another config than {run.file(rundir.CONFIG)} "
+                         f"({'; '.join(differences[:3])}); retrain it, or restore the config.json it came with")
     dataset, splits = load_data(config)
     model = build_model(config, dataset)
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(checkpoint.model)
     except RuntimeError as error:
         reason = error_reason(error)
         raise ReproError(f"checkpoint of run {run.path} does not fit the model its config describes ({reason})") from None
     model.to(device).eval()
-    return LoadedRun(config, model, splits, dataset, run, int(checkpoint["epoch"]), float(checkpoint["val_loss"]))
+    return LoadedRun(config, model, splits, dataset, run, checkpoint.epoch, checkpoint.val_loss)

@@ -1,0 +1,139 @@
+"""The steps after training, each on one run directory: evaluate, time, sweep.
+
+Each step reads what it needs through repro.artifacts, computes with a pure module (repro.exit_results,
+repro.timing, repro.sweep) and writes its result files back through repro.artifacts:
+
+- `evaluate_run` (`repro eval RUN`): outputs.pt and eval.json from the run's checkpoint.pt;
+- `time_run` (`repro eval RUN --timing`): timing.json at the operating point eval.json holds;
+- `sweep_run` (`repro sweep RUN`): sweep.csv (+ calibration.json when a target is given) from outputs.pt.
+
+A result is always labelled with the SHA-256 of the checkpoint it came from, and a step refuses to write
+one whose checkpoint changed while it ran (a training run finishing beside it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from repro import artifacts, rundir
+from repro.errors import ReproError
+from repro.rundir import RunDir
+
+SPLITS = artifacts.SPLITS
+
+
+def _current_checkpoint(run: RunDir) -> str:
+    sha = artifacts.checkpoint_sha256(run)
+    if sha is None:
+        raise ReproError(f"run {run.path} has no {rundir.CHECKPOINT}; {artifacts.fix_command(run, rundir.CHECKPOINT)}")
+    return sha
+
+
+def _unchanged(run: RunDir, sha: str, command: str) -> None:
+    """Raise unless checkpoint.pt is still the one a step started from: never label a result wrongly."""
+    if artifacts.checkpoint_sha256(run) != sha:
+        raise ReproError(f"{run.file(rundir.CHECKPOINT)} changed while `{command}` ran; run it again")
+
+
+def evaluate_run(run: RunDir, batch_size: int = 256, device: str = "cpu") -> dict:
+    """`repro eval RUN`: outputs.pt and eval.json from the run's best checkpoint; returns eval.json's dict."""
+    from repro.exit_results import collect_outputs, summarise
+    from repro.methods import get_method
+    from repro.rebuild import load_run
+
+    if batch_size < 1:
+        raise ReproError(f"--batch-size must be at least 1, got {batch_size}")
+    sha = _current_checkpoint(run)
+    loaded = load_run(run.path, device=device)
+    model, dataset = loaded.model, loaded.dataset
+    method = get_method(loaded.config.method, **loaded.config.method_options())
+    store_gates = method.criterion == "gate" and model.num_exits > 1
+    model.eval()
+    passes = {
+        name: collect_outputs(model, method, *loaded.splits[name], dataset.mean, dataset.std, batch_size, device, store_gates)
+        for name in SPLITS
+    }
+    _unchanged(run, sha, f"repro eval {run.path}")
+    summary = summarise(loaded.config.to_dict(), run.name, sha, model.costs, method, passes)
+    exit_macs = torch.as_tensor(model.costs.cumulative_macs, dtype=torch.float64)
+    outputs = artifacts.StoredOutputs(exit_macs, sha, {name: p.outputs for name, p in passes.items()}, float(model.costs.plain_macs))
+    artifacts.write_outputs(run, outputs)
+    artifacts.write_eval(run, summary)
+    return summary
+
+
+def time_run(run: RunDir, n_images: int = 1000, batch_size: int = 256, device: str = "cpu", threads: int | None = None) -> dict:
+    """`repro eval RUN --timing`: time the run's operating point (from eval.json) on its first test images.
+
+    threads: CPU threads for torch while timing (None: leave torch's setting). On a machine shared with
+    other work, 1 thread avoids intra-op barriers waiting for a descheduled thread, which can slow small
+    batch-1 layers several-fold and would measure the load, not the network.
+    """
+    if threads is not None and threads < 1:
+        raise ReproError(f"--threads must be at least 1, got {threads}")
+    if n_images < 1:
+        raise ReproError(f"--timing-images must be at least 1, got {n_images}")
+    if batch_size < 1:
+        raise ReproError(f"--batch-size must be at least 1, got {batch_size}")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _time_run(run, n_images, batch_size, device)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _time_run(run: RunDir, n_images: int, batch_size: int, device: str) -> dict:
+    from repro.data import DeviceLoader
+    from repro.environment import describe_device
+    from repro.rebuild import load_run
+    from repro.timing import measure
+
+    sha = _current_checkpoint(run)
+    evaluation = artifacts.read_eval(run)
+    point = evaluation["operating_point"]
+    loaded = load_run(run.path, device=device)
+    model = loaded.model
+    criterion, thresholds = point["criterion"], point["thresholds"]
+    if criterion is None:
+        if model.num_exits > 1:
+            raise ReproError(f"eval.json of run {run.path} has no early-exit operating point ({point['how']}); nothing to time")
+        criterion, thresholds = "entropy", []  # one classifier: every path ends at the final exit
+    images, labels = loaded.splits["test"]
+    images, labels = images[:n_images], labels[:n_images]
+    x, y = next(iter(DeviceLoader(images, labels, len(images), device, loaded.dataset.mean, loaded.dataset.std)))
+    body = measure(model, x, y, criterion, thresholds, float(evaluation["plain_macs"]), batch_size)
+    _unchanged(run, sha, f"repro eval {run.path} --timing")
+    timing = {
+        "device": describe_device(torch.device(device)),
+        "n_images": body.pop("n_images"),
+        "batch_size": body.pop("batch_size"),
+        "operating_point": {"criterion": point["criterion"], "thresholds": point["thresholds"]},
+        "checkpoint_sha256": sha,
+        **body,
+        "torch": torch.__version__,
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    artifacts.write_timing(run, timing)
+    return timing
+
+
+def sweep_run(run: RunDir, criterion: str = "all", count: int | None = None, thresholds=None, target: dict | None = None):
+    """`repro sweep` for one run directory: outputs.pt -> sweep.csv (+ calibration.json when a target is given).
+
+    thresholds: None (a grid of `count` fitted on validation) or a float64 matrix [T, E-1] already parsed.
+    """
+    from repro.sweep import DEFAULT_THRESHOLD_COUNT, sweep_outputs, threshold_matrix
+
+    outputs = artifacts.read_outputs(run)
+    if thresholds is not None:
+        thresholds = threshold_matrix(thresholds, outputs.num_exits - 1)
+    result = sweep_outputs(outputs.splits, outputs.exit_macs, outputs.plain_macs, criterion, thresholds,
+                           DEFAULT_THRESHOLD_COUNT if count is None else count, target)
+    artifacts.write_sweep(run, result.rows(), outputs.checkpoint_sha256)
+    if result.calibration is not None:
+        artifacts.write_calibration(run, {**result.calibration.to_dict(), "checkpoint_sha256": outputs.checkpoint_sha256})
+    return result
