@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from repro.commands import data, demo, report, sweep, train
+from repro.commands import data, demo, grid, report, sweep, train
 from repro.commands import eval as eval_command
 
 app = typer.Typer(
@@ -27,5 +27,6 @@ app.command("train")(train.train)
 app.command("eval")(eval_command.eval_command)
 app.command("sweep")(sweep.sweep)
 app.command("report")(report.report)
+app.command("grid")(grid.grid)
 app.command("demo")(demo.demo)
 app.add_typer(data.app, name="data", help="List, inspect, fetch and verify datasets.")

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from repro.commands.config_options import with_config_options
+from repro.commands.progress import TrainingProgress, make_progress
 from repro.config import RUN
 from repro.console import cli_errors, console
 
@@ -59,9 +60,9 @@ def train(
         hint = cpu_hint(config, torch_device)
         if hint:
             console.print(hint, style="dim", highlight=False)
-        with RichProgress() as progress:
+        with make_progress() as bar:
             result = fit(config, job.path, resume=resume is not None, overwrite=overwrite, device=torch_device,
-                         compile=compile, progress=progress)
+                         compile=compile, progress=TrainingProgress(bar))
         state = result.state
         if result.already_finished:
             how = ", stopped early" if state.stopped_early else ""
@@ -81,53 +82,3 @@ def cpu_hint(config, device) -> str | None:
     faster = "" if config.precision in ("auto", "bf16") else " --precision bf16 (on CPUs with native bf16),"
     return (f"Training on the CPU: at width {config.width:g} on {'all' if config.subset is None else config.subset} images "
             f"an epoch takes minutes; for a quick look try{faster} --width 0.25 --subset 5000 --epochs 5.")
-
-
-class RichProgress:
-    """repro.trainer.Progress as two Rich bars: the whole run (images done of epochs x images, elapsed, the
-    estimated time left, so the total is known from the first batches on) and the epoch (images/s, loss)."""
-
-    def __init__(self):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        from rich.text import Text
-
-        class Throughput(ProgressColumn):
-            def render(self, task):
-                return Text(f"{task.speed:,.0f} img/s" if task.speed else "- img/s")
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Throughput(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-            console=console, transient=True,
-        )
-        self.run_task = None
-        self.epoch_task = None
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def start_epoch(self, epoch: int, epochs: int, num_images: int) -> None:
-        if self.run_task is None:
-            done = (epoch - 1) * num_images
-            self.run_task = self.progress.add_task(f"run ({epochs} epochs)", total=epochs * num_images,
-                                                   completed=done, info="")
-        if self.epoch_task is not None:
-            self.progress.remove_task(self.epoch_task)
-        self.epoch_task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=num_images, info="loss -")
-
-    def advance(self, images: int, loss: float | None) -> None:
-        self.progress.advance(self.run_task, images)
-        if loss is None:
-            self.progress.advance(self.epoch_task, images)
-        else:
-            self.progress.update(self.epoch_task, advance=images, info=f"loss {loss:.4f}")
-
-    def end_epoch(self, row: dict) -> None:
-        from repro.trainer import describe_epoch
-
-        self.progress.console.print(describe_epoch(row), highlight=False, soft_wrap=True, markup=False)

@@ -1,0 +1,304 @@
+"""Running a grid's cells: skip what is done, resume what was interrupted, isolate failures, time alone.
+
+Each cell is the same three steps a user would type (`repro train`, `repro eval`, `repro sweep`), called as
+library functions on its run directory, so a grid's run directories are ordinary runs. What a cell needs is
+decided from its files (`plan_cell`):
+
+- done: state.json says finished, the config is the cell's, and every requested result is present and
+  belongs to the run's checkpoint (with or without checkpoint.pt, so a committed results folder counts as
+  done);
+- resume: an unfinished run of the same config continues from last.pt;
+- new: no run yet (or one that never finished an epoch and has nothing to resume from).
+
+A run directory that holds a run with other options is an error for that cell, never overwritten. A cell
+that fails is reported with its one-line error and the others go on.
+
+Executors: `local` runs cells in this process one after another, or in N worker processes (`jobs`), the
+CPU threads divided among them; `slurm` submits one job per cell (a job array) through submitit. Timing
+(`repro eval --timing`) never runs beside other work: after all training, one cell at a time here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from repro import artifacts, rundir
+from repro.errors import ReproError, error_reason
+from repro.grid import Cell, Grid, Steps
+
+# Config fields a finished run may hold differently from its cell and still be the cell's run.
+FILLED_IN = ("data_dir", "num_classes", "in_channels", "image_size")
+
+
+@dataclass
+class CellPlan:
+    cell: Cell
+    train: str | None  # "new" | "resume" | None (trained)
+    steps: list[str]  # what runs: "train", "eval", "sweep", "timing"
+    note: str = ""  # e.g. "resume after epoch 3/30"
+    error: str | None = None  # the cell cannot run (its folder holds another run)
+
+    @property
+    def done(self) -> bool:
+        return not self.steps and self.error is None
+
+
+@dataclass
+class CellOutcome:
+    name: str
+    status: str  # "done" (nothing to do) | "ran" | "failed" | "interrupted"
+    seconds: float = 0.0
+    error: str | None = None
+    steps: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)  # headline numbers: final exit, operating point, speed-up
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def config_difference(cell: Cell, saved) -> list[str]:
+    """How the run in a cell's folder differs from the cell (fields filled in at training are not counted;
+    precision auto matches whatever it resolved to, so results from another machine still count)."""
+    ignore = list(FILLED_IN)
+    if cell.config.exits is None:
+        ignore.append("exits")
+    if cell.config.precision == "auto":
+        ignore.append("precision")
+    return saved.differences(cell.config, ignore=tuple(ignore))[:3]
+
+
+def plan_cell(cell: Cell, steps: Steps) -> CellPlan:
+    run = rundir.RunDir(cell.path)
+    wanted = ["eval"] * steps.eval + ["sweep"] * (steps.sweep is not None and cell.config.method != "baseline") + ["timing"] * steps.timing
+    if not rundir.is_run_dir(cell.path):
+        if cell.path.exists() and (not cell.path.is_dir() or any(cell.path.iterdir())):
+            return CellPlan(cell, None, [], error=f"{cell.path} exists and is not a run directory; move it away")
+        return CellPlan(cell, "new", ["train", *wanted], "new run")
+    try:
+        saved = artifacts.read_config(run)
+        state = artifacts.read_state(run)
+    except ReproError as error:
+        return CellPlan(cell, None, [], error=str(error))
+    differences = config_difference(cell, saved)
+    if differences:
+        return CellPlan(cell, None, [], error=f"{cell.path} holds a run with other options ({'; '.join(differences)}); "
+                                                "remove it, or give the grid another output folder")
+    status = state.current_status()
+    if status == "running":
+        return CellPlan(cell, None, [], error=f"{cell.path} is being trained by process {state.pid} on {state.host}")
+    if status != "finished":
+        if run.has(rundir.LAST):
+            return CellPlan(cell, "resume", ["train", *wanted], f"resume after epoch {state.epoch}/{state.epochs}")
+        return CellPlan(cell, "new", ["train", *wanted], f"restart ({state.describe()}, nothing to resume from)")
+    return CellPlan(cell, None, [step for step in wanted if not _current(run, step, steps)], state.describe())
+
+
+def _current(run: rundir.RunDir, step: str, steps: Steps) -> bool:
+    """Whether a step's result is present, readable and of the run's checkpoint (and, for a sweep, of the
+    requested calibration target)."""
+    readers = {"eval": artifacts.read_eval, "timing": artifacts.read_timing, "sweep": artifacts.read_sweep}
+    try:
+        readers[step](run)
+        if step == "sweep" and steps.sweep:
+            return artifacts.read_calibration(run)["target"] == {k: float(v) for k, v in steps.sweep.items()}
+    except ReproError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- one cell
+
+
+def run_cell(cell: Cell, steps: Steps, device: str = "cpu", progress=None, threads: int | None = None) -> CellOutcome:
+    """Train (or resume), evaluate and sweep one cell (timing is `time_cell`, run alone later). Errors
+    become a failed outcome with the one-line message; Ctrl-C / SIGTERM propagate after the run is left
+    resumable."""
+    import torch
+
+    from repro.steps import evaluate_run, sweep_run
+    from repro.trainer import TrainingInterrupted, fit
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    plan = plan_cell(cell, steps)
+    if plan.error:
+        return CellOutcome(cell.name, "failed", error=plan.error)
+    todo = [step for step in plan.steps if step != "timing"]
+    if not todo:
+        return CellOutcome(cell.name, "done", summary=headline(cell))
+    try:
+        if plan.train is not None:
+            config = cell.config
+            if plan.train == "resume":
+                config = replace(artifacts.read_config(rundir.RunDir(cell.path)), data_dir=cell.config.data_dir)
+            fit(config, cell.path, resume=plan.train == "resume", overwrite=plan.train == "new", device=device, progress=progress)
+        run = rundir.RunDir(cell.path)
+        if "eval" in todo:
+            evaluate_run(run, device=device)
+        if "sweep" in todo:
+            sweep_run(run, target=steps.sweep or None)
+    except TrainingInterrupted:
+        raise  # Ctrl-C or SIGTERM stops the grid, not just this cell; a rerun continues it
+    except ReproError as error:
+        return CellOutcome(cell.name, "failed", time.perf_counter() - start, str(error), todo)
+    except Exception as error:  # a bug must not stop the other cells either; its type says where to look
+        return CellOutcome(cell.name, "failed", time.perf_counter() - start, f"{type(error).__name__}: {error_reason(error)}", todo)
+    return CellOutcome(cell.name, "ran", time.perf_counter() - start, steps=todo, summary=headline(cell))
+
+
+def time_cell(cell: Cell, steps: Steps, device: str = "cpu") -> CellOutcome:
+    from repro.steps import time_run
+
+    start = time.perf_counter()
+    try:
+        time_run(rundir.RunDir(cell.path), n_images=steps.timing_images, device=device)
+    except ReproError as error:
+        return CellOutcome(cell.name, "failed", time.perf_counter() - start, str(error), ["timing"])
+    return CellOutcome(cell.name, "ran", time.perf_counter() - start, steps=["timing"], summary=headline(cell))
+
+
+def run_cell_job(cell: Cell, steps: Steps, device: str, threads: int | None, timing: bool = False) -> CellOutcome:
+    """The function a worker process or a SLURM job runs (top level, so it pickles). A SLURM job also times
+    its cell (`timing`): it has its node to itself, while a local worker shares the machine."""
+    outcome = run_cell(cell, steps, device, None, threads)
+    if timing and outcome.status != "failed" and "timing" in plan_cell(cell, steps).steps:
+        timed = time_cell(cell, steps, device)
+        outcome.steps += timed.steps
+        outcome.seconds += timed.seconds
+        outcome.status, outcome.error, outcome.summary = ("failed", timed.error, outcome.summary) if timed.error else ("ran", None, timed.summary)
+    return outcome
+
+
+def headline(cell: Cell) -> dict:
+    """The numbers the closing table shows, from the cell's eval.json and timing.json when present."""
+    run = rundir.RunDir(cell.path)
+    numbers = {}
+    try:
+        state = artifacts.read_state(run)
+        numbers["state"] = state.describe()
+        evaluation = artifacts.read_eval(run)
+        numbers["final"] = evaluation["test"]["final_accuracy"]
+        numbers["early_exit"] = evaluation["operating_point"]["test"]["accuracy"]
+        numbers["macs_speedup"] = evaluation["operating_point"]["test"]["macs_speedup"]
+        if run.has(rundir.TIMING):
+            numbers["measured_speedup"] = artifacts.read_timing(run)["measured_speedup"]["batch1"]
+    except ReproError:
+        pass
+    return numbers
+
+
+# ---------------------------------------------------------------------------------------------- executors
+
+
+def threads_per_job(jobs: int) -> int:
+    """CPU threads for each of `jobs` concurrent training processes, so that together they do not
+    oversubscribe the cores (oversubscribed intra-op threads wait on each other at every barrier)."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def run_local_parallel(cells: list[Cell], steps: Steps, device: str, jobs: int, on_done) -> list[CellOutcome]:
+    """Cells in `jobs` worker processes (spawned: no forked torch state); `on_done(outcome)` as each ends."""
+    import concurrent.futures
+    import multiprocessing
+
+    outcomes = []
+    threads = threads_per_job(jobs)
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_cell_job, cell, steps, device, threads) for cell in cells]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                on_done(outcome)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)  # the workers got the signal too and saved their runs
+            raise
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------------- SLURM
+
+
+def slurm_parameters(options: dict) -> dict:
+    """sbatch parameters (submitit's SLURM names) from the grid's [slurm] table and the command line, None
+    meaning not set: partition, gpus_per_job -> gpus_per_node, cpus_per_job -> cpus_per_task, time (minutes),
+    mem (GB -> "16GB")."""
+    names = {"partition": "partition", "gpus_per_job": "gpus_per_node", "cpus_per_job": "cpus_per_task", "time": "time",
+             "mem": "mem"}
+    parameters = {names[key]: value for key, value in options.items() if value is not None}
+    if "mem" in parameters:
+        mem = float(parameters["mem"])
+        parameters["mem"] = f"{int(mem)}GB" if mem == int(mem) else f"{int(mem * 1024)}MB"
+    return parameters
+
+
+def submitit_module():
+    try:
+        import submitit
+    except ImportError:
+        raise ReproError("--executor slurm needs submitit: pip install \".[cluster]\" (or pip install submitit)") from None
+    return submitit
+
+
+def make_executor(folder: Path, parameters: dict, cluster: str | None = None, jobs: int | None = None):
+    """A submitit executor writing its pickles and logs to `folder` (inside the grid's output). cluster
+    None = SLURM; "local" runs real jobs as local processes (what the tests use)."""
+    submitit = submitit_module()
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as error:  # submitit could not find srun / sbatch
+        raise ReproError(f"no SLURM cluster here ({error_reason(error)}); use --executor local") from None
+    executor.update_parameters(name="repro-grid")
+    if cluster != "local":
+        executor.update_parameters(**{f"slurm_{key}": value for key, value in parameters.items()})
+        if jobs is not None:
+            executor.update_parameters(slurm_array_parallelism=jobs)
+    return executor
+
+
+def submit_cells(executor, cells: list[Cell], steps: Steps, device: str) -> list:
+    """One job per cell, as a job array; each job trains, evaluates, sweeps and (when asked) times its cell."""
+    with executor.batch():
+        jobs = [executor.submit(run_cell_job, cell, steps, device, None, steps.timing) for cell in cells]
+    return jobs
+
+
+def save_job_ids(folder: Path, jobs: list, cells: list[Cell]) -> None:
+    known = load_job_ids(folder)
+    known.update({cell.name: str(job.job_id) for cell, job in zip(cells, jobs)})
+    rundir.write_json(folder / "jobs.json", known)
+
+
+def load_job_ids(folder: Path) -> dict:
+    path = folder / "jobs.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def collect_job(job, cell: Cell) -> CellOutcome:
+    """The outcome of a finished job; a job that crashed (killed, out of memory) is a failed cell."""
+    try:
+        return job.result()
+    except Exception as error:  # submitit raises FailedJobError / UncompletedJobError with the job's stderr
+        return CellOutcome(cell.name, "failed", error=f"job {job.job_id} failed: {error_reason(error, 200)}")
+
+
+def grid_summary_rows(grid: Grid, outcomes: dict[str, CellOutcome]) -> list[dict]:
+    rows = []
+    for cell in grid.cells:
+        outcome = outcomes.get(cell.name)
+        if outcome is None:
+            continue
+        rows.append({"cell": cell.name, "status": outcome.status, "seconds": outcome.seconds,
+                     "steps": outcome.steps, "error": outcome.error, **outcome.summary})
+    return rows

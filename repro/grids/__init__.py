@@ -1,0 +1,1 @@
+"""Grid presets shipped with repro: `repro grid --list` describes them."""

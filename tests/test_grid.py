@@ -1,0 +1,293 @@
+"""`repro grid`: expansion into cells, names, the cell config equal to `repro train`'s, skip and resume,
+failure isolation, worker processes, submitit's local executor, the sbatch parameters, and every bad input
+as one line through CliRunner. Grids here have one or two tiny cells on the synthetic set."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from repro import rundir
+from repro.cli import app
+from repro.errors import ReproError
+from repro.grid import Steps, load_grid
+from repro.grid_runner import plan_cell, run_cell
+
+runner = CliRunner()
+# A VGG-13 at 1/8 width on 150 synthetic images, one epoch: a few seconds per cell.
+TINY = """
+[options]
+dataset = "synthetic"
+width = 0.125
+subset = 150
+epochs = 1
+batch_size = 50
+batch_norm = true
+classifier = "linear"
+head = "pool"
+precision = "fp32"
+"""
+
+
+def write_grid(folder: Path, body: str, name: str = "g", output: str | None = None) -> Path:
+    path = folder / f"{name}.toml"
+    out = output or str(folder / "out")
+    path.write_text(f'name = "{name}"\noutput = "{out}"\nreport = false\n' + textwrap.dedent(body))
+    return path
+
+
+def invoke(*args):
+    return runner.invoke(app, ["grid", *[str(a) for a in args]])
+
+
+def error_line(result, exit_code=1) -> str:
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    text = " ".join(result.stderr.split())
+    assert text.startswith("Error: "), result.output
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- expansion
+
+
+def test_cells_are_the_cartesian_product_named_by_the_varying_axes(tmp_path):
+    grid = load_grid(str(write_grid(tmp_path, TINY + """
+        [axes]
+        method = ["bnet", "proposed"]
+        seed = [0, 1]
+        """)))
+    assert [cell.name for cell in grid.cells] == ["bnet-seed0", "bnet-seed1", "proposed-seed0", "proposed-seed1"]
+    assert all(cell.path == tmp_path / "out" / cell.name for cell in grid.cells)
+    assert {cell.config.width for cell in grid.cells} == {0.125}  # shared options reach every cell
+
+
+def test_a_cell_config_is_the_one_repro_train_builds_from_the_same_options(tmp_path):
+    from repro.plan import plan_runs
+
+    grid = load_grid(str(write_grid(tmp_path, """
+        [options]
+        recipe = "modern"
+        dataset = "synthetic"
+        exits = [0, 4]
+        [axes]
+        method = ["proposed"]
+        cost_weight = [0.01, 1.0]
+        """)))
+    assert [cell.name for cell in grid.cells] == ["cost_weight0.01", "cost_weight1"]
+    (planned,) = plan_runs({"method": "proposed", "dataset": "synthetic", "exits": [0, 4], "cost_weight": 1.0}, "modern")
+    assert grid.cells[1].config == planned.config
+
+
+def test_blocks_add_products_with_their_own_options(tmp_path):
+    grid = load_grid(str(write_grid(tmp_path, TINY + """
+        [axes]
+        method = ["bnet"]
+        [[blocks]]
+        options = { width = 0.25 }
+        axes = { method = ["baseline", "bnet"] }
+        """)))
+    assert [cell.name for cell in grid.cells] == ["bnet-width0.125", "baseline-width0.25", "bnet-width0.25"]
+
+
+def test_set_overrides_shared_options(tmp_path):
+    grid = load_grid(str(write_grid(tmp_path, TINY + '[axes]\nmethod = ["bnet"]\n')), overrides={"width": 0.25})
+    assert grid.cells[0].config.width == 0.25
+
+
+def test_presets_expand(tmp_path):
+    assert len(load_grid("smoke").cells) == 3
+    assert len(load_grid("paper").cells) == 3 * 3 * 5 * 3
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("body, exit_code, message", [
+    ("[axes]\nmethod = [\"bnet\"]\nseed = [0,, 1]\n", 1, "is not valid TOML"),
+    ("[axes]\nlearning_rate = [0.1]\n", 2, "unknown axis 'learning_rate'; valid: model, method"),
+    ("[options]\nlearning_rate = 0.1\n[axes]\nmethod = [\"bnet\"]\n", 2, "unknown option 'learning_rate'"),
+    ("[axes]\nmethod = []\n", 1, "axis method is empty"),
+    ("[axes]\nmethod = \"bnet\"\n", 1, "axis method must be a list"),
+    ("[axes]\nepochs = [\"ten\"]\n", 1, "--epochs must be an integer"),
+    ("[axes]\nmethod = [\"nope\"]\n", 2, "unknown method 'nope'"),
+    ("[axes]\nmethod = [\"bnet\"]\n[[blocks]]\noptions = { lr = 5e-4 }\naxes = { method = [\"bnet\"] }\n", 1,
+     "two cells would share the run directory vgg13-bnet-synthetic-seed0"),
+    ("name = \"x\"\n", 1, "has no [axes]"),
+])
+def test_bad_grid_files_are_one_line(tmp_path, body, exit_code, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    line = error_line(invoke(path), exit_code)
+    assert message in line
+    if "TOML" in message:
+        assert "line 3" in line  # the parser's position, so the user can find the mistake
+
+
+def test_bad_command_lines_are_one_line(tmp_path, monkeypatch):
+    grid = write_grid(tmp_path, TINY + '[axes]\nmethod = ["bnet"]\n')
+    assert "unknown grid 'nonesuch'" in error_line(invoke("nonesuch"), 2)
+    assert "grid file" in error_line(invoke(tmp_path / "missing.toml")) and "not found" in error_line(invoke(tmp_path / "missing.toml"))
+    assert "--jobs must be at least 1" in error_line(invoke(grid, "--jobs", "0"))
+    assert "unknown option 'colour'" in error_line(invoke(grid, "--set", "colour=red"), 2)
+    assert "--set takes KEY=VALUE" in error_line(invoke(grid, "--set", "width"))
+    assert "--width must be a number" in error_line(invoke(grid, "--set", "width=wide"))
+    assert "matches no cell" in error_line(invoke(grid, "--only", "resnet*"))
+    assert "unknown executor 'k8s'" in error_line(invoke(grid, "--executor", "k8s"), 2)
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_submitit(name, *args, **kwargs):
+        if name == "submitit":
+            raise ImportError("No module named 'submitit'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_submitit)
+    assert 'pip install ".[cluster]"' in error_line(invoke(grid, "--executor", "slurm"))
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_list_and_dry_run(tmp_path):
+    listed = invoke("--list")
+    assert listed.exit_code == 0 and "smoke" in listed.output and "paper" in listed.output and "135" in listed.output
+    grid = write_grid(tmp_path, TINY + '[axes]\nmethod = ["bnet", "proposed"]\n')
+    dry = invoke(grid, "--dry-run")
+    assert dry.exit_code == 0 and "bnet" in dry.output and "train, eval, sweep" in dry.output
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory):
+    """A two-cell grid run through the CLI once (baseline and bnet), with timing and the report."""
+    folder = tmp_path_factory.mktemp("grid")
+    path = write_grid(folder, TINY + """
+        [axes]
+        method = ["baseline", "bnet"]
+        [steps]
+        timing = true
+        timing_images = 4
+        """)
+    result = invoke(path, "--report", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return folder, path, result
+
+
+def test_a_grid_runs_every_step_and_reports(finished_grid):
+    folder, _, result = finished_grid
+    out = folder / "out"
+    for name in ("baseline", "bnet"):
+        run = rundir.RunDir(out / name)
+        for file in (rundir.CONFIG, rundir.STATE, rundir.METRICS, rundir.EVAL, rundir.TIMING):
+            assert run.has(file), (name, file)
+    assert (out / "bnet" / rundir.SWEEP).is_file() and (out / "bnet" / rundir.CALIBRATION).is_file()
+    assert not (out / "baseline" / rundir.SWEEP).exists()  # one classifier: nothing to sweep
+    assert (out / "report" / "report.md").is_file()
+    assert "grid g: 2 cell(s)" in result.output
+
+
+def test_a_second_run_trains_nothing_even_without_checkpoints(finished_grid, tmp_path):
+    folder, path, _ = finished_grid
+    again = invoke(path, "--no-report")
+    assert again.exit_code == 0 and again.output.count("nothing to do") == 2
+    # A committed results folder has no checkpoints and still counts as done.
+    import shutil
+
+    copy = tmp_path / "committed"
+    shutil.copytree(folder / "out", copy, ignore=shutil.ignore_patterns("*.pt"))
+    grid = load_grid(str(path))
+    for cell in grid.cells:
+        moved = cell.__class__(cell.name, cell.options, cell.config, copy / cell.name)
+        assert plan_cell(moved, grid.steps).done, cell.name
+
+
+def test_a_changed_option_is_an_error_for_that_cell_never_an_overwrite(finished_grid):
+    folder, path, _ = finished_grid
+    result = invoke(path, "--set", "lr=0.01", "--only", "bnet", "--no-report")  # lr is shared: names do not change
+    assert result.exit_code == 1 and "holds a run with other options (lr: 0.0005 -> 0.01)" in " ".join(result.output.split())
+    assert (folder / "out" / "bnet" / rundir.EVAL).is_file()
+
+
+def test_an_interrupted_cell_resumes(tmp_path):
+    grid = load_grid(str(write_grid(tmp_path, TINY + '[axes]\nmethod = ["bnet"]\n')), overrides={"epochs": 2})
+    (cell,) = grid.cells
+
+    class StopAfterOneEpoch:
+        def start_epoch(self, epoch, epochs, num_images):
+            if epoch == 2:
+                raise KeyboardInterrupt  # what Ctrl-C does inside the training loop
+
+        def advance(self, images, loss):
+            pass
+
+        def end_epoch(self, row):
+            pass
+
+    with pytest.raises(ReproError, match="interrupted at epoch 1/2"):
+        run_cell(cell, grid.steps, "cpu", StopAfterOneEpoch())
+    plan = plan_cell(cell, grid.steps)
+    assert plan.train == "resume" and plan.note == "resume after epoch 1/2"
+    outcome = run_cell(cell, grid.steps, "cpu")
+    assert outcome.status == "ran" and outcome.steps == ["train", "eval", "sweep"]
+    rows = rundir.read_csv(cell.path / rundir.METRICS)
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+
+
+def test_a_failing_cell_does_not_stop_the_others(tmp_path):
+    grid = write_grid(tmp_path, TINY + f"""
+        [axes]
+        dataset = ["cifar10", "synthetic"]
+        data_dir = ["{tmp_path / 'no-data'}"]
+        method = ["bnet"]
+        """)
+    result = invoke(grid, "--no-report")
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "dataset cifar10 not found" in text and "1 of 2 cell(s) failed" in text
+    assert rundir.RunDir(tmp_path / "out" / "synthetic").has(rundir.EVAL)
+
+
+@pytest.mark.slow
+def test_two_worker_processes(tmp_path):
+    grid = write_grid(tmp_path, TINY + '[axes]\nmethod = ["baseline", "bnet"]\n')
+    result = invoke(grid, "--jobs", "2", "--no-report")
+    assert result.exit_code == 0, result.output
+    for name in ("baseline", "bnet"):
+        assert rundir.read_json(tmp_path / "out" / name / rundir.STATE)["status"] == "finished"
+
+
+# ---------------------------------------------------------------------------------------------- submitit
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_real_jobs(tmp_path):
+    pytest.importorskip("submitit")
+    from repro.grid_runner import collect_job, make_executor, submit_cells
+
+    grid = load_grid(str(write_grid(tmp_path, TINY + '[axes]\nmethod = ["bnet"]\n[steps]\nsweep = {}\n')))
+    executor = make_executor(tmp_path / "out" / ".submitit", {}, cluster="local")
+    (job,) = submit_cells(executor, grid.cells, Steps(sweep={}), "cpu")
+    outcome = collect_job(job, grid.cells[0])
+    assert outcome.status == "ran" and outcome.steps == ["train", "eval", "sweep"], outcome
+    assert rundir.RunDir(grid.cells[0].path).has(rundir.SWEEP) and not rundir.RunDir(grid.cells[0].path).has(rundir.CALIBRATION)
+    assert list((tmp_path / "out" / ".submitit").glob("*_log.out"))  # submitit's logs stay inside the grid's output
+
+
+def test_slurm_parameters_reach_the_sbatch_script(tmp_path):
+    pytest.importorskip("submitit")
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from repro.grid_runner import slurm_parameters
+
+    parameters = slurm_parameters({"partition": "gpu", "gpus_per_job": 1, "cpus_per_job": 8, "time": 90, "mem": 16.0})
+    script = _make_sbatch_string(command="python -m repro", folder=tmp_path, **parameters)
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --time=90", "#SBATCH --mem=16GB"):
+        assert line in script.splitlines(), line
