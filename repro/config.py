@@ -113,6 +113,14 @@ class TrainConfig:
                                         default_text="all 1")
     detach_confidence: bool | None = option(None, "report-*: stop the soft output's gradient at the confidence gates", METHOD,
                                             default_text="off")
+    gate_bias: float | None = option(None, "proposed: initial bias of every gate: 0 starts them near 0.5, -3 near 0.05 (closed)", METHOD,
+                                     default_text="0")
+    gate_detach: bool | None = option(None, "proposed: gates read detached features, so their gradient shapes only the gates", METHOD,
+                                      default_text="off")
+    joint_warmup: int | None = option(None, "Soft-output methods: epochs trained on the per-exit CE alone before the method's loss", METHOD,
+                                      default_text="0")
+    final_weight: float | None = option(None, "Soft-output methods: weight of the final exit's own CE added to the loss", METHOD,
+                                        default_text="0")
     # filled from the data set
     num_classes: int | None = option(None, "classes of the data set", None)
     in_channels: int | None = option(None, "image channels of the data set", None)
@@ -187,6 +195,9 @@ class TrainConfig:
             (self.width > 0, f"--width must be positive, got {self.width}"),
             (self.cost_weight is None or self.cost_weight >= 0, f"--cost-weight must be >= 0, got {self.cost_weight}"),
             (self.joint_weight is None or self.joint_weight >= 0, f"--joint-weight must be >= 0, got {self.joint_weight}"),
+            (self.final_weight is None or self.final_weight >= 0, f"--final-weight must be >= 0, got {self.final_weight}"),
+            (self.joint_warmup is None or 0 <= self.joint_warmup <= self.epochs,
+             f"--joint-warmup must be between 0 and --epochs ({self.epochs}), got {self.joint_warmup}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (self.split_seed >= 0, f"--split-seed must be >= 0, got {self.split_seed}"),
         ]
@@ -257,7 +268,8 @@ RECIPES: dict[str, dict] = {
 }
 
 # The fields that configure a method's loss; a method that does not take one gets None (config.json says so).
-METHOD_OPTIONS = ("cost_weight", "joint_weight", "mix", "alphas", "detach_confidence")
+METHOD_OPTIONS = ("cost_weight", "joint_weight", "mix", "alphas", "detach_confidence", "gate_bias", "gate_detach",
+                  "joint_warmup", "final_weight")
 
 
 # ---------------------------------------------------------------------------------------------- field metadata

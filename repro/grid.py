@@ -19,6 +19,7 @@ place:
     seed = [0, 1, 2]
 
     [[blocks]]                             # optional further products, each with its own axes and options
+    name = "full-width"                    # optional: its cells are named full-width-<its own varying axes>
     options = { width = 1.0, epochs = 30 }
     axes = { method = ["baseline", "bnet"] }
 
@@ -29,9 +30,11 @@ place:
     sweep = { max_drop = 1.0 }             # `repro sweep --max-drop 1`; {} = sweep without calibration;
                                            # false = no sweep; or { budget = 0.5 }
 
-Cell names come from the values of the axes that vary across the grid, in a fixed order (model, method,
+Cell names come from the values of the options that vary across the grid, in a fixed order (model, method,
 dataset, then other options, seed last): `vgg13-bnet-cifar10-jpeg-seed0`, plus `cost_weight0.1` when that
-axis exists. Presets ship inside the package (repro/grids/*.toml).
+axis exists; a block with a `name` names its cells by it and its own axes only (a study of settings that
+differ in many options reads better as `gate-closed-seed0` than as every option spelled out). Presets ship
+inside the package (repro/grids/*.toml).
 """
 
 from __future__ import annotations
@@ -124,12 +127,15 @@ def parse_grid(data: dict, label: str, overrides: dict) -> Grid:
     shared = {**_options(data.get("options", {}), f"{label} [options]"), **_options(overrides, "--set")}
     blocks = []
     if "axes" in data:
-        blocks.append(({}, _axes(data["axes"], f"{label} [axes]")))
+        blocks.append((None, {}, _axes(data["axes"], f"{label} [axes]")))
     for index, block in enumerate(data.get("blocks", [])):
         where = f"{label} [[blocks]] #{index + 1}"
-        if not isinstance(block, dict) or set(block) - {"options", "axes"}:
-            raise ReproError(f"{where}: a block holds `options` and `axes` only")
-        blocks.append((_options(block.get("options", {}), where), _axes(block.get("axes", {}), where)))
+        if not isinstance(block, dict) or set(block) - {"name", "options", "axes"}:
+            raise ReproError(f"{where}: a block holds `name`, `options` and `axes` only")
+        block_name = block.get("name")
+        if block_name is not None and (not isinstance(block_name, str) or not block_name.replace("-", "").replace("_", "").isalnum()):
+            raise ReproError(f"{where}: name must be letters, digits, - and _, got {block_name!r}")
+        blocks.append((block_name, _options(block.get("options", {}), where), _axes(block.get("axes", {}), where)))
     if not blocks:
         raise ReproError(f"{label} has no [axes] and no [[blocks]]: nothing to run")
     output = Path(data.get("output") or Path("runs") / "grid" / name)
@@ -201,13 +207,15 @@ def _slurm(values, label: str) -> dict:
 # ---------------------------------------------------------------------------------------------- cells
 
 
-def expand(blocks: list[tuple[dict, dict]], shared: dict, output: Path, label: str) -> list[Cell]:
-    """Every block's cartesian product, each cell resolved to its TrainConfig and named by the options whose
-    resolved values vary across the whole grid (so an option left at its default and the same value given
-    explicitly are one cell, not two)."""
+def expand(blocks: list[tuple[str | None, dict, dict]], shared: dict, output: Path, label: str) -> list[Cell]:
+    """Every block's cartesian product, each cell resolved to its TrainConfig and named by the options
+    that vary across the whole grid, as set (an option left at its recipe's value and the same value given
+    explicitly are one cell, not two), or by its block's name and its block's own varying axes."""
     resolved = []
-    for block_options, axes in blocks:
+    for block_name, block_options, axes in blocks:
         keys = list(axes)
+        own = [key for key in (*NAME_ORDER, *sorted(set(keys) - set(NAME_ORDER) - {"seed"}), "seed")
+               if key in keys and len(axes[key]) > 1]
         for values in itertools.product(*(axes[k] for k in keys)):
             options = {**shared, **block_options, **dict(zip(keys, values))}
             recipe = options.get("recipe", "report")
@@ -216,20 +224,24 @@ def expand(blocks: list[tuple[dict, dict]], shared: dict, output: Path, label: s
             except ReproError as error:
                 described = ", ".join(f"{k}={v}" for k, v in zip(keys, values))
                 raise ReproError(f"{label}: the cell with {described}: {error}", error.exit_code) from None
-            resolved.append((options, config))
+            resolved.append((options, config, block_name, own))
     def given(options: dict, key: str):
         """An option as the cell sets it: its value, or the recipe's (so unset and the default are one)."""
         return options[key] if key in options else recipe_default(key, options.get("recipe", "report"))
 
-    varying = [key for key in option_names() if len({_key(given(o, key)) for o, _ in resolved}) > 1]
+    unnamed = [item for item in resolved if item[2] is None]
+    varying = [key for key in option_names() if len({_key(given(o, key)) for o, *_ in unnamed}) > 1]
     ordered = [k for k in NAME_ORDER if k in varying] + [k for k in varying if k not in NAME_ORDER and k != "seed"]
     if "seed" in varying:
         ordered.append("seed")
     if not ordered:  # a grid of one cell: named like `repro train` names a run
         ordered = [*NAME_ORDER, "seed"]
     cells, seen = [], {}
-    for options, config in resolved:
-        name = cell_name({key: given(options, key) for key in ordered}, ordered)
+    for options, config, block_name, own in resolved:
+        if block_name is None:
+            name = cell_name({key: given(options, key) for key in ordered}, ordered)
+        else:
+            name = "-".join([block_name, cell_name(options, own)]) if own else block_name
         if name in seen:
             why = "the same options twice" if seen[name] == config else "their options differ only in ways the name cannot show"
             raise ReproError(f"{label}: two cells would share the run directory {name} ({why}); drop or rename one of them")

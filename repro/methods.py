@@ -60,6 +60,7 @@ are written once.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, fields
 from typing import Callable, ClassVar, NamedTuple, Sequence
@@ -160,6 +161,19 @@ def expected_cost(gates: Sequence[torch.Tensor], relative_costs: torch.Tensor) -
     return cost
 
 
+def routing_mass(gates: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[E, N]: the probability of leaving at each exit under the soft output's recursion,
+    m_b = g_b prod_{k<b} (1 - g_k) for the E-1 early exits, and prod_k (1 - g_k) for the final one (the
+    weight each exit's f_b has in f~_0). Each column sums to 1."""
+    remaining = torch.ones_like(gates[0], dtype=torch.float64)
+    masses = []
+    for gate in gates:
+        g = gate.double()
+        masses.append(g * remaining)
+        remaining = remaining * (1.0 - g)
+    return torch.stack([*masses, remaining])
+
+
 def exit_cross_entropies(logits: Sequence[torch.Tensor], targets: torch.Tensor, label_smoothing: float) -> list[torch.Tensor]:
     return [nll(torch.log_softmax(f.float(), dim=1), targets, label_smoothing) for f in logits]
 
@@ -184,6 +198,20 @@ class Method:
     # -- the one thing each method defines
     def compute(self, out, targets: torch.Tensor, relative_costs: torch.Tensor) -> Loss:
         raise NotImplementedError
+
+    def for_epoch(self, epoch: int) -> "Method":
+        """The loss to train epoch `epoch` (0-based) with: itself, unless the method has a schedule."""
+        return self
+
+    def loss_phase(self, epoch: int) -> int:
+        """Which loss epoch `epoch` trains with (a warm-up is phase 0): validation losses of different phases
+        are not comparable, so early stopping starts afresh when the phase changes."""
+        return 0
+
+    @property
+    def soft_output(self) -> bool:
+        """Whether the method mixes its exits into one soft output (whose routing the trainer logs)."""
+        return isinstance(self, SoftOutputMethod)
 
     def loss(self, out, targets: torch.Tensor, relative_costs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """(scalar loss to minimise, {term name: float}) for one batch."""
@@ -248,6 +276,20 @@ class SoftOutputMethod(Method):
     confidence: ClassVar[Callable]
     mix: str = "probs"  # "probs": mix class probabilities (log space); "logits": mix raw logits
     joint_weight: float = 0.0  # w of w * sum_b CE(f_b)
+    joint_warmup: int = 0  # epochs trained on the per-exit CE alone, sum_b CE(f_b), before this loss
+    final_weight: float = 0.0  # weight of the final exit's own CE, added to the loss
+    warming_up: ClassVar[bool] = False  # set on the copy `for_epoch` returns during the warm-up
+
+    def loss_phase(self, epoch: int) -> int:
+        return 0 if epoch < self.joint_warmup else 1
+
+    def for_epoch(self, epoch: int) -> "SoftOutputMethod":
+        """The loss of epoch `epoch` (0-based): the per-exit CE alone during the warm-up, then this one."""
+        if epoch >= self.joint_warmup:
+            return self
+        phase = copy.copy(self)
+        phase.warming_up = True
+        return phase
 
     def confidences(self, out) -> list[Confidence]:
         return [type(self).confidence(out, b) for b in range(len(out.logits) - 1)]
@@ -267,14 +309,21 @@ class SoftOutputMethod(Method):
         log_probs = self.method_log_probs(out)
         soft_nll = nll(log_probs, targets, self.label_smoothing)
         extra, terms = self.extra_terms(out, relative_costs)
-        loss = soft_nll + extra
-        if self.joint_weight:
+        if self.warming_up:  # the per-exit CE alone; the soft output and the cost are logged, not trained
             exit_ce = exit_cross_entropies(out.logits, targets, self.label_smoothing)
-            loss = loss + self.joint_weight * sum(exit_ce)
-        else:  # logged all the same (metrics.csv keeps its columns), without building their backward graph
-            with torch.no_grad():
+            loss = sum(exit_ce)
+        else:
+            loss = soft_nll + extra
+            if self.joint_weight:
                 exit_ce = exit_cross_entropies(out.logits, targets, self.label_smoothing)
-        logged = {"soft_nll": soft_nll.detach(), **terms}
+                loss = loss + self.joint_weight * sum(exit_ce)
+            else:  # logged all the same (metrics.csv keeps its columns), without building their backward graph
+                with torch.no_grad():
+                    exit_ce = exit_cross_entropies(out.logits, targets, self.label_smoothing)
+            if self.final_weight:
+                final_ce = exit_ce[-1] if exit_ce[-1].requires_grad else nll(torch.log_softmax(out.logits[-1].float(), dim=1), targets, self.label_smoothing)
+                loss = loss + self.final_weight * final_ce
+        logged = {"soft_nll": soft_nll.detach(), **{name: value.detach() for name, value in terms.items()}}
         logged.update({f"ce_exit{b}": ce.detach() for b, ce in enumerate(exit_ce)})
         return Loss(loss, logged, log_probs.detach())
 
@@ -285,6 +334,10 @@ class Proposed(SoftOutputMethod):
     criterion: ClassVar[str | None] = "gate"
     confidence: ClassVar[Callable] = learned_gate
     cost_weight: float = 0.1  # lambda: nats of NLL per unit of relative cost (see the module docstring)
+    # Applied by the model builder (repro.rebuild), not by the loss: the gates' initial bias (0: gates start
+    # near 0.5, the unbiased start the paper's equations imply) and whether gates read detached features.
+    gate_bias: float = 0.0
+    gate_detach: bool = False
 
     def extra_terms(self, out, relative_costs):
         cost = expected_cost(list(out.gates), relative_costs).mean()

@@ -38,6 +38,8 @@ def build_model(config: TrainConfig, dataset=None):
         head=config.head,
         width=config.width,
     )
+    if config.gate_bias is not None or config.gate_detach:
+        model.set_gates(config.gate_bias, bool(config.gate_detach))
     if config.alphas is not None and len(config.alphas) != model.num_exits:
         raise ReproError(
             f"--alphas gives {len(config.alphas)} weights but {config.model} has {model.num_exits} exits "

@@ -144,7 +144,9 @@ def train_one_epoch(
     progress: Progress | None = None,
     loss_every: int = 10,
 ) -> dict[str, float]:
-    """One pass over `loader`. Returns {"loss", <method terms>..., "images", "seconds"} (means over images).
+    """One pass over `loader`. Returns {"loss", <method terms>..., "images", "seconds"} (means over images),
+    and for soft-output methods "grad_exit{b}": the mean over steps of the gradient norm that reaches the
+    layer producing exit b's logits (the collapse of the paper's loss shows there: deep exits get ~0).
 
     lr_at(step) sets the learning rate before each step (None: leave it). A non-finite loss raises
     NonFiniteLoss (a ReproError): on the CPU before the optimizer step that would spread it into the
@@ -158,6 +160,9 @@ def train_one_epoch(
     total_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
     total_terms: dict[str, torch.Tensor] = {}
     images = 0
+    heads = model.exit_output_layers() if method.soft_output and hasattr(model, "exit_output_layers") else []
+    grad_sums = torch.zeros(len(heads), device=accelerator.device, dtype=torch.float64)
+    steps = 0
     for index, (x, y) in enumerate(loader):
         if lr_at is not None:
             lr = lr_at(first_step + index)
@@ -170,7 +175,10 @@ def train_one_epoch(
             raise NonFiniteLoss(first_step + index, float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if heads:  # no sync: the norms stay on the device until the epoch ends
+            grad_sums += torch.stack([_grad_norm(head) for head in heads]).double()
         optimizer.step()
+        steps += 1
         n = y.shape[0]
         images += n
         total_loss += loss.detach().double() * n
@@ -182,9 +190,16 @@ def train_one_epoch(
     if not math.isfinite(stats["loss"]):
         raise NonFiniteLoss(None, stats["loss"])
     stats.update({name: float(value) / images for name, value in total_terms.items()})
+    stats.update({f"grad_exit{b}": float(value) / max(steps, 1) for b, value in enumerate(grad_sums.tolist())})
     stats["images"] = float(images)
     stats["seconds"] = time.perf_counter() - start
     return stats
+
+
+def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
+    """L2 norm of a layer's weight gradient (0 when the loss did not reach it)."""
+    grad = module.weight.grad
+    return grad.float().norm() if grad is not None else torch.zeros((), device=module.weight.device)
 
 
 class NonFiniteLoss(ReproError):
@@ -199,7 +214,10 @@ def validate(model, method, loader, relative_costs: torch.Tensor, accelerator: A
     """Method loss, accuracy of every exit and of the method's output, mean gate per early exit and
     mean expected cost over `loader`, as {"loss", "acc_exit{b}", "acc_method", "gate_mean_exit{b}",
     "cost_vs_final"} (accuracies are fractions in [0, 1]; cost_vs_final is the expected MACs over the final
-    exit's, the regulariser's unit)."""
+    exit's, the regulariser's unit); for soft-output methods also "route_exit{b}" for every exit, final
+    included: the mean routing mass m_b (repro.methods.routing_mass), where the soft output sends samples."""
+    from repro.methods import routing_mass
+
     accelerator = accelerator or Accelerator(torch.device("cpu"))
     model.eval()
     device = accelerator.device
@@ -207,6 +225,7 @@ def validate(model, method, loader, relative_costs: torch.Tensor, accelerator: A
     correct = None
     correct_method = torch.zeros((), device=device, dtype=torch.int64)
     gate_sums = None
+    route_sums = None
     cost_sum = torch.zeros((), device=device, dtype=torch.float64)
     images = 0
     for x, y in loader:
@@ -224,6 +243,9 @@ def validate(model, method, loader, relative_costs: torch.Tensor, accelerator: A
         if gates:
             sums = torch.stack([g.double().sum() for g in gates])
             gate_sums = sums if gate_sums is None else gate_sums + sums
+            if method.soft_output:
+                routes = routing_mass(gates).sum(dim=1)
+                route_sums = routes if route_sums is None else route_sums + routes
         cost_sum += cost.double().sum() if cost.dim() else cost.double() * n
     if images == 0:
         raise ReproError("the evaluation split is empty; use a larger --subset or --val-fraction")
@@ -232,6 +254,8 @@ def validate(model, method, loader, relative_costs: torch.Tensor, accelerator: A
     stats["acc_method"] = int(correct_method) / images
     if gate_sums is not None:
         stats.update({f"gate_mean_exit{b}": float(s) / images for b, s in enumerate(gate_sums.tolist())})
+    if route_sums is not None:
+        stats.update({f"route_exit{b}": float(s) / images for b, s in enumerate(route_sums.tolist())})
     stats["cost_vs_final"] = float(cost_sum) / images
     return stats
 
@@ -434,20 +458,28 @@ def run_epochs(training: Training, run: rundir.RunDir, state: TrainingState, com
     for epoch in range(state.epoch, config.epochs):
         torch.manual_seed(epoch_seed(config.seed, epoch))
         training.train_loader.set_epoch(epoch)
+        method = training.method.for_epoch(epoch)
+        if epoch > 0 and training.method.loss_phase(epoch) != training.method.loss_phase(epoch - 1):
+            # A warm-up ended: the validation loss now measures another loss, so early stopping and the
+            # checkpoint selection start afresh from this epoch.
+            state = replace(state, best_val_loss=math.inf, bad_epochs=0)
+            rundir.append_log(run, f"epoch {epoch + 1}: the warm-up is over; training the method's own loss from here")
         if progress is not None:
             progress.start_epoch(epoch + 1, config.epochs, training.images_per_epoch)
         try:
-            train = train_one_epoch(runner, training.method, training.train_loader, training.optimizer, training.relative_costs,
+            train = train_one_epoch(runner, method, training.train_loader, training.optimizer, training.relative_costs,
                                     training.lr_at, epoch * training.steps_per_epoch, training.accelerator, progress)
         except NonFiniteLoss as error:
             rundir.append_log(run, f"epoch {epoch + 1}: stopped: {error}")
             raise
-        val = validate(runner, training.method, training.val_loader, training.relative_costs, training.accelerator)
+        val = validate(runner, method, training.val_loader, training.relative_costs, training.accelerator)
         if not math.isfinite(val["loss"]):
             message = f"the validation loss became {val['loss']} in epoch {epoch + 1}; stopping (the last good checkpoint is kept)"
             rundir.append_log(run, message)
             raise ReproError(message)
         state = _next_state(state, config, epoch + 1, val["loss"])
+        if state.stopped_early and training.method.loss_phase(epoch) != training.method.loss_phase(config.epochs - 1):
+            state.stopped_early, state.finished = False, False  # never stop during a warm-up
         last_step = min((epoch + 1) * training.steps_per_epoch, training.total_steps) - 1
         row = _metrics_row(epoch + 1, train, val, model.costs, training.lr_at(last_step))
         state.rows = [*state.rows, row]
@@ -576,11 +608,17 @@ def _metrics_row(epoch: int, train: dict, val: dict, costs, lr: float) -> dict:
     every speed-up and of `repro sweep --budget`."""
     num_exits = costs.num_exits
     row = {"epoch": epoch, "train_loss": train["loss"]}
-    row.update({f"train_{name}": value for name, value in train.items() if name not in ("loss", "images", "seconds")})
+    row.update({f"train_{name}": value for name, value in train.items()
+                if name not in ("loss", "images", "seconds") and not name.startswith("grad_exit")})
     row["val_loss"] = val["loss"]
     row.update({f"val_acc_exit{b}": val[f"acc_exit{b}"] for b in range(num_exits)})
     row["val_acc_method"] = val["acc_method"]
     row.update({f"gate_mean_exit{b}": val.get(f"gate_mean_exit{b}", "") for b in range(num_exits - 1)})
+    # Soft-output methods only (empty otherwise): where the soft output routes validation samples, and the
+    # gradient each exit's classifier received in training (repro.methods.routing_mass; train_one_epoch).
+    if any(key.startswith("route_exit") for key in val):
+        row.update({f"route_exit{b}": val[f"route_exit{b}"] for b in range(num_exits)})
+        row.update({f"grad_exit{b}": train.get(f"grad_exit{b}", "") for b in range(num_exits)})
     row["cost_vs_final"] = val["cost_vs_final"]
     row["macs_vs_plain"] = val["cost_vs_final"] * costs.cumulative_macs[-1] / costs.plain_macs
     row["lr"] = lr
@@ -598,10 +636,13 @@ def describe_epoch(row: dict) -> str:
     )
     exits = " ".join(f"{100 * row[k]:.1f}" for k in row if k.startswith("val_acc_exit"))
     gates = " ".join(f"{row[k]:.2f}" for k in row if k.startswith("gate_mean_exit") and row[k] not in (None, ""))
+    routes = " ".join(f"{row[k]:.2f}" for k in row if k.startswith("route_exit") and row[k] not in (None, ""))
+    grads = " ".join(f"{row[k]:.2g}" for k in row if k.startswith("grad_exit") and row[k] not in (None, ""))
     return (
         f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}{'  ' + terms if terms else ''}  "
         f"val loss {row['val_loss']:.4f}  val acc {100 * row['val_acc_method']:.2f}%  exits [{exits}]"
-        f"{f'  gates [{gates}]' if gates else ''}  cost {row['cost_vs_final']:.3f}x final = {row['macs_vs_plain']:.3f}x plain  "
+        f"{f'  gates [{gates}]' if gates else ''}{f'  route [{routes}]' if routes else ''}"
+        f"{f'  grad [{grads}]' if grads else ''}  cost {row['cost_vs_final']:.3f}x final = {row['macs_vs_plain']:.3f}x plain  "
         f"lr {row['lr']:.3g}  {row['images_per_second']:,.0f} img/s"
     )
 

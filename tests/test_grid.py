@@ -94,6 +94,20 @@ def test_blocks_add_products_with_their_own_options(tmp_path):
     assert [cell.name for cell in grid.cells] == ["bnet-width0.125", "baseline-width0.25", "bnet-width0.25"]
 
 
+def test_named_blocks_name_their_cells(tmp_path):
+    grid = load_grid(str(write_grid(tmp_path, TINY + """
+        [[blocks]]
+        name = "reference"
+        options = { method = "bnet" }
+        [[blocks]]
+        name = "closed"
+        options = { method = "proposed", gate_bias = -3.0 }
+        axes = { seed = [0, 1] }
+        """)))
+    assert [cell.name for cell in grid.cells] == ["reference", "closed-seed0", "closed-seed1"]
+    assert grid.cells[1].config.gate_bias == -3.0
+
+
 def test_set_overrides_shared_options(tmp_path):
     grid = load_grid(str(write_grid(tmp_path, TINY + '[axes]\nmethod = ["bnet"]\n')), overrides={"width": 0.25})
     assert grid.cells[0].config.width == 0.25

@@ -57,6 +57,9 @@ class ExitBranch(nn.Module):
             num_features = in_channels
         self.classify = nn.Linear(num_features, num_classes)
         self.gate = nn.Linear(num_features, 1)
+        # True: the gate reads a detached copy of the features, so the gate's gradient shapes the gate alone
+        # and never the branch or the backbone (one of the learned-gates study's candidates, --gate-detach).
+        self.detach_gate_input = False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [N, C, H, W] -> (logits [N, classes], gate [N], gate logit [N]).
@@ -65,7 +68,7 @@ class ExitBranch(nn.Module):
         and the loss can take log g and log(1 - g) as logsigmoid(+-z) without underflow.
         """
         features = self.features(x)
-        gate_logit = self.gate(features).squeeze(-1)
+        gate_logit = self.gate(features.detach() if self.detach_gate_input else features).squeeze(-1)
         gate_logit = gate_logit.to(torch.promote_types(gate_logit.dtype, torch.float32))
         return self.classify(features), torch.sigmoid(gate_logit), gate_logit
 
@@ -170,6 +173,22 @@ class MultiExitNetwork(nn.Module):
         x = self.run_segment(self.num_exits - 1, x)
         logits.append(self.classifier(x))
         return MultiExitOutput(logits, gates, gate_logits)
+
+    def set_gates(self, bias: float | None = None, detach_input: bool = False) -> None:
+        """Gate options of the paper's method: every gate's bias set to `bias` (None: keep the default
+        initialisation; -3 starts gates at sigmoid(-3) = 0.05, nearly closed, so the soft output's weight
+        reaches the deep exits), and whether gates read detached features."""
+        for branch in self.branches:
+            if bias is not None:
+                with torch.no_grad():
+                    branch.gate.bias.fill_(bias)
+            branch.detach_gate_input = detach_input
+
+    def exit_output_layers(self) -> list[nn.Module]:
+        """The layer that produces each exit's logits, shallow to final: where the gradient each exit's
+        classifier receives is measured (repro.trainer)."""
+        final = [module for module in self.classifier.modules() if isinstance(module, nn.Linear)][-1]
+        return [branch.classify for branch in self.branches] + [final]
 
     def backbone(self, x: torch.Tensor) -> torch.Tensor:
         """The network without exits: every stage, then the classifier -> final logits [N, C]."""
