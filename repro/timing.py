@@ -10,11 +10,17 @@ speed or load hit all three alike:
   network once an exit fires (`early_exit_single` at batch 1, `early_exit_batched` in batches, where the
   samples that left are dropped before the next segment runs).
 
+The whole batch-1 pass is repeated (REPEATS, 3 by default); each repeat gives one speed-up, the ratio of
+the paths' median latencies, and the reported batch-1 speed-up is their median, with their spread
+((largest - smallest) / median) beside it: on a shared machine one pass can be several times slower than
+another, and a speed-up whose repeats disagree by more than SPREAD_WARNING is flagged, not trusted.
+
 In batches (--batch-size), the N images are split into batches and every batch is timed on its own,
-again path by path in turn; a batch's per-image latency is its time / its size. With fewer than
-MIN_TIMED_BATCHES batches the images go through again (`batch_rounds` times), so that a median and a 95th
-percentile over batches are more than the few values there are. The batched mean (`ms_per_image`, also
-`mean_ms`) is total time / images timed, the throughput figure (a smaller last batch counts for its size).
+again path by path in turn; a batch's per-image latency is its time / its size. The images go through in
+rounds (at least REPEATS, and enough for MIN_TIMED_BATCHES batches per path), so that a median and a 95th
+percentile over batches are more than the few values there are; each round gives a throughput speed-up
+(total times), and the reported batched speed-up is the pooled one, with the rounds' spread. The batched
+mean (`ms_per_image`, also `mean_ms`) is total time / images timed (a smaller last batch counts for its size).
 
 Measured speed-up = plain latency / early-exit latency (Scardapane et al. 2020 report the MAC ratio only);
 it is written beside the MAC-predicted speed-up plain_macs / mean MACs of the exits actually taken.
@@ -36,6 +42,8 @@ from repro.errors import ReproError
 WARMUP_IMAGES = 5  # per path, untimed: first calls allocate buffers and pick kernels
 # Per path: fewer batches than this are timed again in rounds (a p95 over 4 batches would be their maximum).
 MIN_TIMED_BATCHES = 10
+REPEATS = 3  # passes over all images, each giving one speed-up: their spread says how far to trust it
+SPREAD_WARNING = 0.2  # a relative spread of the repeats' speed-ups above this is too large to read a speed-up from
 
 
 def _clock(device: torch.device):
@@ -75,8 +83,10 @@ def batched_stats(milliseconds: list[float], sizes: list[int]) -> dict:
     return {"ms_per_image": mean, **stats, "mean_ms": mean}
 
 
-def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thresholds, plain_macs: float, batch_size: int = 256) -> dict:
-    """Time plain, full and early-exit inference over x [N, C, H, W] (normalised, on the model's device).
+def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thresholds, plain_macs: float, batch_size: int = 256,
+            repeats: int = REPEATS) -> dict:
+    """Time plain, full and early-exit inference over x [N, C, H, W] (normalised, on the model's device),
+    `repeats` times over all images, so that the speed-up comes with its spread across repeats.
 
     Returns timing.json's body without the device and operating point.
     """
@@ -101,40 +111,52 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
         for i in range(min(WARMUP_IMAGES, len(x))):
             path(x[i : i + 1])
 
-    # Batch size 1, interleaved: image i through each path in turn.
+    # Batch size 1, interleaved: image i through each path in turn; the whole pass `repeats` times.
     single = {name: [] for name in paths}
+    round_speedups = []
     results = []
-    for i in range(len(x)):
-        image = x[i : i + 1]
-        for name, path in paths.items():
-            start = now()
-            output = path(image)
-            single[name].append((now() - start) * 1000.0)
-            if name == "early_exit":
-                results.append(output)
+    for repeat in range(repeats):
+        this_round = {name: [] for name in paths}
+        for i in range(len(x)):
+            image = x[i : i + 1]
+            for name, path in paths.items():
+                start = now()
+                output = path(image)
+                this_round[name].append((now() - start) * 1000.0)
+                if name == "early_exit" and repeat == 0:
+                    results.append(output)
+        for name, values in this_round.items():
+            single[name] += values
+        round_speedups.append(statistics.median(this_round["plain"]) / statistics.median(this_round["early_exit"]))
     predictions = torch.cat([r.predictions for r in results])
     macs = torch.cat([r.macs for r in results])
 
-    # Batches of batch_size, in rounds up to MIN_TIMED_BATCHES per path.
+    # Batches of batch_size, in rounds (at least `repeats`, and up to MIN_TIMED_BATCHES batches per path).
     batches = [x[s : s + batch_size] for s in range(0, len(x), batch_size)]
-    rounds = math.ceil(MIN_TIMED_BATCHES / len(batches))
-    batched = _time_batches(
+    rounds = max(repeats, math.ceil(MIN_TIMED_BATCHES / len(batches)))
+    batched, batched_rounds = _time_batches(
         {
             "plain": lambda batch: run_plain(model, batch),
             "full": full,
             "early_exit": lambda batch: early_exit_batched(model, batch, criterion, thresholds),
         },
-        batches * rounds,
-        now,
+        batches, rounds, now,
     )
 
     batch1 = {name: latency_stats(values) for name, values in single.items()}
+    batch1_speedup = statistics.median(round_speedups)
+    batched_speedup = batched["plain"]["ms_per_image"] / batched["early_exit"]["ms_per_image"]
     measured = {
-        "batch1": batch1["plain"]["mean_ms"] / batch1["early_exit"]["mean_ms"],
-        "batched": batched["plain"]["ms_per_image"] / batched["early_exit"]["ms_per_image"],
-        # Medians resist the outliers a shared machine produces; the means above are the throughput figures.
-        "batch1_median": batch1["plain"]["median_ms"] / batch1["early_exit"]["median_ms"],
-        "batched_median": batched["plain"]["median_ms"] / batched["early_exit"]["median_ms"],
+        # Batch 1: the median over repeats of (median plain latency / median early-exit latency), robust to
+        # the outliers a shared machine produces; batched: total time over total time (throughput).
+        "batch1": batch1_speedup,
+        "batched": batched_speedup,
+        "batch1_rounds": round_speedups,
+        "batched_rounds": batched_rounds,
+        # (largest - smallest repeat) / the figure: above SPREAD_WARNING a speed-up cannot be read from it.
+        "batch1_spread": (max(round_speedups) - min(round_speedups)) / batch1_speedup,
+        "batched_spread": (max(batched_rounds) - min(batched_rounds)) / batched_speedup,
+        "batch1_mean": batch1["plain"]["mean_ms"] / batch1["early_exit"]["mean_ms"],
     }
     macs_speedup = plain_macs / macs.mean().item()
     return {
@@ -145,22 +167,29 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
         "batched": batched,
         "measured_speedup": measured,
         "macs_speedup": macs_speedup,
-        "measured_over_predicted": {key: value / macs_speedup for key, value in measured.items()},
+        "measured_over_predicted": {key: measured[key] / macs_speedup for key in ("batch1", "batched", "batch1_mean")},
         "early_exit_accuracy": (predictions == targets.cpu()).double().mean().item(),
         "exit_fractions": (torch.bincount(torch.cat([r.exits for r in results]), minlength=model.num_exits).double() / len(x)).tolist(),
     }
 
 
-def _time_batches(paths: dict, batches: list[torch.Tensor], now) -> dict:
-    """Time every path on every batch, batch by batch and path by path in turn (drifts hit all paths alike),
-    after one untimed warm-up batch each; returns `batched_stats` per path."""
+def _time_batches(paths: dict, batches: list[torch.Tensor], rounds: int, now) -> tuple[dict, list[float]]:
+    """Time every path on every batch, `rounds` times, batch by batch and path by path in turn (drifts hit
+    all paths alike), after one untimed warm-up batch each. Returns `batched_stats` per path, and per round
+    the throughput speed-up (plain total time / early-exit total time)."""
     for path in paths.values():
         path(batches[0])
     milliseconds = {name: [] for name in paths}
-    for batch in batches:
-        for name, path in paths.items():
-            start = now()
-            path(batch)
-            milliseconds[name].append((now() - start) * 1000.0)
-    sizes = [len(batch) for batch in batches]
-    return {name: batched_stats(values, sizes) for name, values in milliseconds.items()}
+    speedups = []
+    for _ in range(rounds):
+        totals = {name: 0.0 for name in paths}
+        for batch in batches:
+            for name, path in paths.items():
+                start = now()
+                path(batch)
+                elapsed = (now() - start) * 1000.0
+                milliseconds[name].append(elapsed)
+                totals[name] += elapsed
+        speedups.append(totals["plain"] / totals["early_exit"])
+    sizes = [len(batch) for batch in batches] * rounds
+    return {name: batched_stats(values, sizes) for name, values in milliseconds.items()}, speedups

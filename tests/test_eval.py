@@ -159,10 +159,13 @@ def test_timing_writes_its_figures(proposed_run):
         batched = timing["batched"][path]
         assert 0 < batched["median_ms"] <= batched["p95_ms"] and batched["mean_ms"] > 0
         assert batched["ms_per_image"] == batched["mean_ms"]  # the key the report and older readers use
-    assert timing["measured_speedup"]["batch1"] == pytest.approx(timing["batch1"]["plain"]["mean_ms"] / timing["batch1"]["early_exit"]["mean_ms"])
-    assert timing["measured_speedup"]["batched"] == pytest.approx(
-        timing["batched"]["plain"]["ms_per_image"] / timing["batched"]["early_exit"]["ms_per_image"]
-    )
+    speedup = timing["measured_speedup"]
+    # Batch 1: the median of the 3 repeats' speed-ups, and their relative spread; batched: the pooled throughput.
+    assert len(speedup["batch1_rounds"]) == 3 and speedup["batch1"] == sorted(speedup["batch1_rounds"])[1]
+    assert speedup["batch1_spread"] == pytest.approx((max(speedup["batch1_rounds"]) - min(speedup["batch1_rounds"])) / speedup["batch1"])
+    assert speedup["batch1_mean"] == pytest.approx(timing["batch1"]["plain"]["mean_ms"] / timing["batch1"]["early_exit"]["mean_ms"])
+    assert speedup["batched"] == pytest.approx(timing["batched"]["plain"]["ms_per_image"] / timing["batched"]["early_exit"]["ms_per_image"])
+    assert len(speedup["batched_rounds"]) == 5
     # The timed early exits are those of the stored outputs at the operating point, on the first 8 test images.
     outputs = torch.load(proposed_run.file(rundir.OUTPUTS), weights_only=True)
     test = outputs["splits"]["test"]
@@ -238,3 +241,14 @@ def test_bad_input(tmp_path, proposed_run):
         time_run(rundir.RunDir(copy), n_images=2)
     result = invoke("sweep", copy)
     assert result.exit_code == 1 and "another checkpoint" in result.output
+
+
+@pytest.mark.parametrize("count, rank", [(20, 19), (60, 57), (100, 95), (1, 1), (3, 3)])
+def test_p95_is_the_nearest_rank_numpy_calls_inverted_cdf(count, rank):
+    import numpy as np
+
+    from repro.timing import latency_stats, nearest_rank
+
+    assert nearest_rank(count, 95) == rank - 1  # 0-based index of rank ceil(0.95 * count)
+    values = [float(v) for v in np.random.default_rng(count).permutation(count) + 1]  # 1..count shuffled
+    assert latency_stats(values)["p95_ms"] == np.percentile(values, 95, method="inverted_cdf") == rank

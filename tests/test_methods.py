@@ -255,3 +255,72 @@ def test_get_method_rejects_unknown_names_and_options():
         get_method("bnet", cost_weight=1.0)
     with pytest.raises(UnknownNameError):
         get_method("proposed", mix="average")
+
+
+# ---------------------------------------------------------------------------------------------- learned-gates study
+
+
+def test_routing_mass_of_three_exits_by_hand():
+    from repro.methods import routing_mass
+
+    masses = routing_mass([t(g) for g in THREE_GATES])
+    # sample 0: g = (0.6, 0.3): exit 0 takes 0.6, exit 1 0.4 * 0.3 = 0.12, the final exit 0.4 * 0.7 = 0.28
+    # sample 1: g = (0.1, 0.8): 0.1, 0.9 * 0.8 = 0.72, 0.9 * 0.2 = 0.18
+    assert masses[:, 0].tolist() == pytest.approx([0.6, 0.12, 0.28], abs=1e-6)
+    assert masses[:, 1].tolist() == pytest.approx([0.1, 0.72, 0.18], abs=1e-6)
+
+
+def ce(logits, y):
+    return -math.log(softmax(logits)[y])
+
+
+def three_ce(b):
+    """Mean CE of exit b over THREE's two samples."""
+    return sum(ce(THREE_LOGITS[b][n], y) for n, y in enumerate(THREE_TARGETS)) / 2
+
+
+def test_final_weight_adds_the_final_exits_own_cross_entropy():
+    nll, cost = three_by_hand(THREE_GATES)
+    loss, _ = get_method("proposed", cost_weight=0.3, final_weight=0.5).loss(THREE, torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS))
+    assert loss.item() == pytest.approx(nll + 0.3 * cost + 0.5 * three_ce(2), abs=1e-5)
+
+
+def test_joint_warmup_trains_the_per_exit_cross_entropy_alone_then_the_method():
+    method = get_method("proposed", cost_weight=0.3, joint_warmup=2)
+    targets, costs = torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS)
+    nll, cost = three_by_hand(THREE_GATES)
+    for epoch in (0, 1):  # warm-up: sum_b CE(f_b); the soft output is still logged
+        loss, terms = method.for_epoch(epoch).loss(THREE, targets, costs)
+        assert loss.item() == pytest.approx(sum(three_ce(b) for b in range(3)), abs=1e-5)
+        assert terms["soft_nll"] == pytest.approx(nll, abs=1e-5)
+    loss, _ = method.for_epoch(2).loss(THREE, targets, costs)
+    assert loss.item() == pytest.approx(nll + 0.3 * cost, abs=1e-5)
+    assert [method.loss_phase(e) for e in range(4)] == [0, 0, 1, 1]
+
+
+def test_warmup_gives_the_gates_no_gradient_and_every_exit_one():
+    gate_logits = [torch.tensor([0.4, -1.0], requires_grad=True), torch.tensor([-0.8, 1.4], requires_grad=True)]
+    logits = [t(x).requires_grad_() for x in THREE_LOGITS]
+    out = OutWithLogits(logits, [torch.sigmoid(z) for z in gate_logits], gate_logits)
+    loss, _ = get_method("proposed", joint_warmup=1).for_epoch(0).loss(out, torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS))
+    loss.backward()
+    assert all(z.grad is None or z.grad.abs().sum() == 0 for z in gate_logits)
+    assert all(f.grad.abs().sum() > 0 for f in logits)
+
+
+def test_gate_options_reach_the_model():
+    from repro.config import TrainConfig
+    from repro.rebuild import build_model
+
+    shapes = type("D", (), {"num_classes": 10, "channels": 3, "image_size": 32})()
+    config = TrainConfig.from_recipe(method="proposed", width=0.125, exits=[0, 4], gate_bias=-3.0, gate_detach=True)
+    model = build_model(config, shapes)
+    assert all(branch.gate.bias.item() == -3.0 and branch.detach_gate_input for branch in model.branches)
+    # Detached: a loss on the gates alone gives the branch's own layers (and the backbone) no gradient.
+    out = model(torch.randn(4, 3, 32, 32))
+    sum(g.sum() for g in out.gates).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.branches[0].features.parameters())
+    assert model.branches[0].gate.weight.grad.abs().sum() > 0
+    # The default: gates start unbiased (bias 0) and read the branch features with gradients.
+    default = build_model(TrainConfig.from_recipe(method="proposed", width=0.125, exits=[0, 4]), shapes)
+    assert all(branch.gate.bias.item() == 0.0 and not branch.detach_gate_input for branch in default.branches)

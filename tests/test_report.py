@@ -62,6 +62,7 @@ def write_run(root: Path, name: str, cfg: dict, exit_accuracy: list[float], meth
     run = rundir.RunDir(root / name)
     run.path.mkdir(parents=True)
     rundir.write_json(run.file(rundir.CONFIG), cfg)
+    rundir.write_json(run.file(rundir.STATE), {"status": "finished", "epoch": 3, "epochs": 3, "stopped_early": False, "error": None})
     exits = len(exit_accuracy)
     metrics = []
     for epoch in range(1, 4):
@@ -177,8 +178,8 @@ def test_extra_reference_file_becomes_another_column(tmp_path):
     result = build_report([runs], tmp_path / "out", references=[extra])
     t1 = table1(collect([runs]), load_references([extra]))[0]
     assert t1.cell("bnet", "My rerun (%)").value == 81.5
-    assert t1.cell("bnet", "Δ vs My rerun").text == "-1.50"  # 80.00 - 81.5
-    assert t1.cell("bnet", "Δ vs USI report").text == "+1.06"  # 80.00 - 78.94
+    assert t1.cell("bnet", "Δ final exit vs My rerun").text == "-1.50"  # 80.00 - 81.5
+    assert t1.cell("bnet", "Δ final exit vs USI report").text == "+1.06"  # 80.00 - 78.94
     assert "My rerun" in result.html.read_text()
 
 
@@ -188,6 +189,9 @@ def test_extra_reference_file_becomes_another_column(tmp_path):
      '     "numbers": [\n       {"table": "Table 1", "quantity": "accuracy", "unit": "percent", "model": "vgg13",\n'
      '        "dataset": "cifar10", "method": "bnet", "value": "high", "where": "w"}]}\n  ]\n}\n', 6),  # value not a number
     ('{"sources": []}', 1),  # no format marker
+    ('{\n  "format": "repro-references/1",\n  "sources": [],\n  "not_available": [\n    {"citation": "x"}\n  ]\n}\n', 5),  # no note
+    ('{\n  "format": "repro-references/1",\n  "sources": [\n    {"key": "x", "label": "X", "citation": "c",\n'
+     '     "rows": {"bnet": 3}, "numbers": []}\n  ]\n}\n', 4),  # a row label that is not text
 ])
 def test_invalid_reference_file_is_one_line_naming_the_line(tmp_path, text, line):
     runs = tmp_path / "runs"
@@ -224,12 +228,12 @@ def test_table1_mean_std_reference_and_difference(report):
     assert cell.value == pytest.approx(83.0)
     assert cell.text == f"83.00 ± {math.sqrt(13):.2f}" == "83.00 ± 3.61"
     assert t1.cell("bnet [lr=0.0005]", "USI report (%)").text == "78.94"
-    assert t1.cell("bnet [lr=0.0005]", "Δ vs USI report").text == "+4.06"
+    assert t1.cell("bnet [lr=0.0005]", "Δ final exit vs USI report").text == "+4.06"
     assert t1.cell("bnet [lr=0.001]", "Final exit (%)").text == "50.00"  # one run: no spread
     assert t1.cell("bnet [lr=0.0005]", "Seeds (n)").text == "0, 1, 2 (3)"
     # Baseline 0.76, 0.78: mean 77.00, sample std sqrt(2) = 1.41; Δ vs 77.40 = -0.40.
     assert t1.cell("baseline", "Final exit (%)").text == "77.00 ± 1.41"
-    assert t1.cell("baseline", "Δ vs USI report").text == "-0.40"
+    assert t1.cell("baseline", "Δ final exit vs USI report").text == "-0.40"
     # The gated method's own output differs from its final exit; the others' is the final exit.
     assert t1.cell("proposed", "Method output (%)").text == "79.00"
     assert t1.cell("bnet [lr=0.0005]", "Method output (%)").text == "= final"
@@ -242,7 +246,7 @@ def test_table1_mean_std_reference_and_difference(report):
 def test_jpeg_copy_is_labelled_and_compared_only_under_its_label(report):
     t1 = _table(table1(report["collection"], report["references"]), "VGG-13 · CIFAR-10 (JPEG copy)")
     assert t1.cell("bnet", "USI report (%)").text == "78.94"
-    assert t1.cell("bnet", "Δ vs USI report").text == "-8.94"  # 70.00 - 78.94
+    assert t1.cell("bnet", "Δ final exit vs USI report").text == "-8.94"  # 70.00 - 78.94
     assert any("JPEG" in note and "not, CIFAR-10 accuracies" in note for note in t1.notes)
     assert "VGG-13 · CIFAR-10 (JPEG copy)" in report["md"]
 
@@ -302,7 +306,14 @@ def test_markdown_has_both_tables_dashes_with_commands_and_escaped_names(report)
     assert "## Table 1: test accuracy without early exit" in md and "## Table 2: early exit at the operating point" in md
     assert "83.00 ± 3.61" in md and "132.63 ≠" in md and "128.34" in md
     timing_command = f"repro eval {report['runs'] / 'maxprob-s0'} --timing"
-    assert f"— `{timing_command}`" in md
+    # A dash in the table, and the command that fills it once below the table (not repeated in every cell).
+    assert f"— `{timing_command}`" not in md and f"To fill the dashes: `{timing_command}`" in md
+    table2_md = md[md.index("## Table 2"):md.index("### Where test images leave")]
+    assert table2_md.count(f"`{timing_command}`") == 1
+    # Every reference row shows, ours or not: CIFAR-100 and CINIC-10 from the report's Table 1 alone.
+    for caption in ("VGG-13 · CIFAR-100", "VGG-13 · CINIC-10"):
+        assert f"**{caption}**" in md
+    assert "| 66.87 |" in md and "repro train --model vgg13 --method report-maxprob --dataset cinic10" in md
     # The bare run is listed with what it lacks and how to produce it.
     assert f"`repro eval {report['runs'] / 'untrained'}`" in md
     assert "| &lt;script&gt;alert(1) |" in md  # the Runs table's name column

@@ -25,15 +25,14 @@ def test_small_demo_reports_what_the_runs_hold(tmp_path):
     assert len(result.runs) == 3 and any(line.startswith("swept bnet") for line in lines)
     assert result.report.missing == []  # every run has every file it can have (the baseline has no sweep)
     tables = table1(collect([tmp_path / "runs"]), load_references())
-    (t1,) = tables
-    assert t1.caption == "VGG-13 · synthetic"
+    (t1,) = [t for t in tables if t.caption == "VGG-13 · synthetic"]  # beside the reference's own (placeholder) tables
     for path in result.runs:
         evaluation = rundir.read_json(path / rundir.EVAL)
         method = evaluation["method"]
         assert t1.cell(method, "Final exit (%)").text == f"{evaluation['test']['final_accuracy'] * 100:.2f}"
         timing = rundir.read_json(path / rundir.TIMING)
-        (t2,) = table2(collect([tmp_path / "runs"]), load_references())
-        assert t2.cell(method, "Latency (ms)").text == f"{timing['batch1']['early_exit']['mean_ms']:.3f}"
+        (t2,) = [t for t in table2(collect([tmp_path / "runs"]), load_references()) if t.caption == "VGG-13 · synthetic"]
+        assert t2.cell(method, "Latency (ms)").text.startswith(f"{timing['batch1']['early_exit']['median_ms']:.3f}")
     assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in result.report.figures)
     assert len(result.report.figures) == 4
     html = result.report.html.read_text()

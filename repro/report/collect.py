@@ -132,7 +132,17 @@ class RunRecord:
     calibration: dict | None = None
     sweep: pd.DataFrame | None = None
     metrics: pd.DataFrame | None = None
+    state: artifacts.RunState | None = None  # None: state.json unreadable
     missing: list[Missing] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.state is not None and self.state.current_status() == "finished"
+
+    @property
+    def state_text(self) -> str:
+        """'finished (30 of 30 epochs)', 'interrupted at epoch 3/30', ..."""
+        return self.state.describe() if self.state is not None else "state unknown (state.json unreadable)"
 
     @property
     def name(self) -> str:
@@ -176,6 +186,10 @@ def read_run(run: rundir.RunDir) -> RunRecord:
     """Read one run; a config.json that cannot be read is a ReproError, everything else becomes `missing`."""
     record = RunRecord(run, artifacts.read_config(run).to_dict())
     commands = fill_commands(run)
+    try:
+        record.state = artifacts.read_state(run)
+    except ReproError as error:
+        record.missing.append(Missing(str(run.path), rundir.STATE, f"unreadable ({error_reason(error, 200)})", commands[rundir.CHECKPOINT]))
 
     def load(name: str, reader, recorded=None):
         """reader(run) -> value, or a Missing item: absent, damaged, or from another checkpoint."""
@@ -229,11 +243,14 @@ def run_values(record: RunRecord) -> dict:
         "op_accuracy": _get(e, "operating_point", "test", "accuracy"),
         "op_mean_macs": _get(e, "operating_point", "test", "mean_macs"),
         "op_macs_speedup": _get(e, "operating_point", "test", "macs_speedup"),
-        "latency_ms": _get(t, "batch1", "early_exit", "mean_ms"),
-        "plain_latency_ms": _get(t, "batch1", "plain", "mean_ms"),
-        "full_latency_ms": _get(t, "batch1", "full", "mean_ms"),
+        # Medians: on a shared machine single images can take many times their usual time.
+        "latency_ms": _get(t, "batch1", "early_exit", "median_ms"),
+        "plain_latency_ms": _get(t, "batch1", "plain", "median_ms"),
+        "full_latency_ms": _get(t, "batch1", "full", "median_ms"),
         "measured_speedup": _get(t, "measured_speedup", "batch1"),
         "measured_speedup_batched": _get(t, "measured_speedup", "batched"),
+        "speedup_spread": _get(t, "measured_speedup", "batch1_spread"),
+        "batched_spread": _get(t, "measured_speedup", "batched_spread"),
         "timing_macs_speedup": _get(t, "macs_speedup"),
         "timing_accuracy": _get(t, "early_exit_accuracy"),
         "cal_accuracy": _get(record.calibration, "test", "accuracy"),
@@ -254,15 +271,24 @@ def stack(values) -> np.ndarray | None:
 
 @dataclass
 class Group:
-    """Runs that differ only in their seed."""
+    """Runs that differ only in their seed. `runs` are the ones whose numbers are reported: the finished
+    ones (all of them with include_unfinished); `unfinished` the runs left out, which every table marks."""
 
     runs: list[RunRecord]
     dataset: DatasetInfo
     variant: str = ""  # the keys in which it differs from its siblings (same model x dataset x method), "" if none
+    unfinished: list[RunRecord] = field(default_factory=list)
+    placeholder: bool = False  # no run at all: a reference row we have no number for yet
+
+    @property
+    def members(self) -> list[RunRecord]:
+        return self.runs + self.unfinished
 
     @property
     def config(self) -> dict:
-        return {k: v for k, v in self.runs[0].config.items() if k not in NOT_GROUPED}
+        return {k: v for k, v in self.members[0].config.items() if k not in NOT_GROUPED} if self.members else self._config
+
+    _config: dict = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -285,10 +311,28 @@ class Group:
         return f"{self.method} [{self.variant}]" if self.variant else self.method
 
     @property
+    def literal(self) -> bool:
+        """A `proposed` run with the paper's loss alone: probability mixture, no per-exit or final CE, no
+        warm-up, gates starting unbiased and reading their features (issue 13's `literal`)."""
+        c = self.config
+        return (self.method == "proposed" and c.get("mix", "probs") == "probs" and not c.get("joint_weight")
+                and not c.get("final_weight") and not c.get("joint_warmup") and not c.get("gate_bias") and not c.get("gate_detach"))
+
+    @property
+    def display_label(self) -> str:
+        """The label as tables show it: the paper's literal loss named as such, left-out runs counted."""
+        label = self.label + (" (the paper's literal loss)" if self.literal else "")
+        if self.unfinished:
+            label += " — left out: " + "; ".join(f"{run.name} {run.state_text}" for run in self.unfinished)
+        return label
+
+    @property
     def setup(self) -> str:
-        """The training settings a reader needs first: recipe, epochs, subset, width (and the seed split)."""
+        """The training settings a reader needs first: recipe (and what overrides it), epochs, subset, width."""
         config = self.config
-        parts = [f"recipe {self.recipe}", f"{config.get('epochs', '?')} epochs"]
+        overridden = recipe_overrides(config)
+        parts = [f"recipe {self.recipe}" + (f" with {', '.join(overridden)} overridden" if overridden else ""),
+                 f"{config.get('epochs', '?')} epochs"]
         parts.append(f"subset {config['subset']}" if config.get("subset") else "full training set")
         if config.get("width", 1.0) != 1.0:
             parts.append(f"width {config.get('width')}")
@@ -339,19 +383,39 @@ def _variants(groups: list[Group]) -> None:
             group.variant = ", ".join(f"{k}={_format_value(group.config.get(k))}" for k in differing)
 
 
+def recipe_overrides(config: dict) -> list[str]:
+    """The training settings in which a run departs from its recipe (the model's and the method's own
+    defaults are not overrides; epochs, subset, width and the data are shown apart)."""
+    from repro.config import RECIPES, TrainConfig
+
+    recipe = config.get("recipe", "report")
+    if recipe not in RECIPES:
+        return []
+    try:
+        default = TrainConfig.from_recipe(recipe, model=config.get("model"), method=config.get("method"),
+                                          dataset=config.get("dataset")).to_dict()
+    except ReproError:
+        return []
+    shown_apart = {"seed", "epochs", "subset", "width", "data_dir", "dataset", "exits", "precision", "num_classes",
+                   "in_channels", "image_size", "split_seed"}
+    return [key for key, value in config.items() if key not in shown_apart and key in default and default[key] != value]
+
+
 @dataclass
 class Collection:
     runs: list[RunRecord]
     groups: list[Group]  # sorted by model, dataset, method, variant
     skipped: list[Missing]  # runs whose config.json could not be read
+    include_unfinished: bool = False  # unfinished runs' numbers are in the tables
 
     @property
     def missing(self) -> list[Missing]:
         return self.skipped + [item for run in self.runs for item in run.missing]
 
 
-def collect(paths) -> Collection:
-    """Find the runs under `paths`, read them, and group them by everything but the seed."""
+def collect(paths, include_unfinished: bool = False) -> Collection:
+    """Find the runs under `paths`, read them, and group them by everything but the seed. Unfinished runs
+    (interrupted, failed, still running) are kept out of the numbers unless `include_unfinished`."""
     records, skipped = [], []
     for run in rundir.find_runs(paths):
         try:
@@ -361,7 +425,11 @@ def collect(paths) -> Collection:
     by_key: dict[tuple, list[RunRecord]] = {}
     for record in records:
         by_key.setdefault(record.group_key(), []).append(record)
-    groups = [Group(sorted(runs, key=lambda r: (str(r.seed), r.path)), describe_dataset(runs[0].config)) for runs in by_key.values()]
+    groups = []
+    for runs in by_key.values():
+        runs = sorted(runs, key=lambda r: (str(r.seed), r.path))
+        left_out = [] if include_unfinished else [run for run in runs if not run.finished]
+        groups.append(Group([run for run in runs if run not in left_out], describe_dataset(runs[0].config), unfinished=left_out))
     _variants(groups)
     groups.sort(key=Group.sort_key)
-    return Collection(records, groups, skipped)
+    return Collection(records, groups, skipped, include_unfinished)

@@ -149,7 +149,8 @@ def _parse_source(obj, path: str) -> ReferenceSource:
     if not isinstance(numbers_raw, list):
         _fail(path, obj.line, "a source needs a list 'numbers'")
     for key in ("rows", "no_row"):
-        if not isinstance(obj.get(key, {}), dict):
+        mapping = obj.get(key, {})
+        if not isinstance(mapping, dict) or not all(isinstance(v, str) and v for v in mapping.values()):
             _fail(path, obj.line, f"{key!r} must be an object mapping our method names to text")
     source = ReferenceSource(
         key=_text(obj, "key", path),
@@ -183,8 +184,13 @@ def parse_references(text: str, path: str) -> References:
     if not isinstance(sources, list):
         _fail(path, data.line, "'sources' must be a list")
     not_available = data.get("not_available", [])
-    if not isinstance(not_available, list) or not all(isinstance(n, dict) for n in not_available):
+    if not isinstance(not_available, list):
         _fail(path, data.line, "'not_available' must be a list of objects with 'citation' and 'note'")
+    for item in not_available:
+        if not isinstance(item, _LineDict):
+            _fail(path, data.line, "every entry of 'not_available' must be an object with 'citation' and 'note'")
+        _text(item, "citation", path)
+        _text(item, "note", path)
     return References([_parse_source(s, path) for s in sources], [dict(n) for n in not_available])
 
 

@@ -75,11 +75,10 @@ def markdown_code(value) -> Markdown:
 
 
 def markdown_cell(cell: Cell) -> Markdown:
+    """A cell's text, or a dash (the commands that fill dashes are listed once below each table)."""
     if cell.blank:
         return Markdown("")
-    parts = [markdown_escape(cell.text) if cell.text else "—"]
-    parts += [markdown_code(command) for command in cell.commands]
-    return Markdown(" ".join(parts))
+    return Markdown(markdown_escape(cell.text) if cell.text else "—")
 
 
 def _load_template(name: str) -> str:

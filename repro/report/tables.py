@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from repro import rundir
-from repro.report.collect import Collection, Group, Stat, stack
+from repro.report.collect import Collection, Group, Stat, run_values, stack
 from repro.report.references import References, ReferenceSource, SPEEDUP_TOLERANCE
 
 DASH = "—"
@@ -51,18 +51,26 @@ class Table:
     reference_labels: tuple[str, ...] = ()  # columns from these sources are shaded in HTML
 
     @property
+    def fill_commands(self) -> list[str]:
+        """Every command that fills a dash of this table, once each, in the order the cells ask for them
+        (the templates list them below the table instead of repeating them in every cell)."""
+        return list(dict.fromkeys(command for row in self.rows for cell in row for command in cell.commands))
+
+    @property
     def shaded(self) -> list[bool]:
         """Per column: does it hold a reference number (or our difference from one)?"""
-        return [any(c.startswith(f"{label} ") or c == f"Δ vs {label}" for label in self.reference_labels) for c in self.columns]
+        return [any(c.startswith(f"{label} ") or (c.startswith("Δ") and c.endswith(f"vs {label}")) for label in self.reference_labels) for c in self.columns]
 
     def column(self, name: str) -> list[Cell]:
         index = self.columns.index(name)
         return [row[index] for row in self.rows]
 
     def row(self, label: str) -> list[Cell]:
-        """The row whose first cell reads `label` (the method, with its variant)."""
+        """The row whose first cell reads `label` (the method, with its variant), with or without what the
+        table adds after it ("(the paper's literal loss)", "— left out: ...")."""
         for row in self.rows:
-            if row[0].text == label:
+            text = row[0].text
+            if text == label or text.startswith((f"{label} (", f"{label} —")):
                 return row
         raise KeyError(label)
 
@@ -130,12 +138,51 @@ def _commands(group: Group, quantity: str, file: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- sections
 
 
-def sections(collection: Collection) -> list[tuple[str, list[Group]]]:
-    """Groups by model x dataset (label), in display order, with a caption each."""
+def sections(collection: Collection, references: References | None = None, quantities: tuple[str, ...] = ()) -> list[tuple[str, list[Group]]]:
+    """Groups by model x dataset (label), in display order, with a caption each. With `references`, every
+    model x dataset for which a source has one of `quantities` gets a section, and every method it has a
+    number for gets a row, a placeholder when we have no run: the reference tables always show in full."""
+    groups = list(collection.groups)
+    if references is not None:
+        groups += _placeholders(groups, references, quantities)
+        groups.sort(key=Group.sort_key)
     ordered: dict[tuple, list[Group]] = {}
-    for group in collection.groups:
+    for group in groups:
         ordered.setdefault(group.section, []).append(group)
     return [(f"{groups[0].model_label} · {groups[0].dataset.label}", groups) for groups in ordered.values()]
+
+
+def _placeholders(groups: list[Group], references: References, quantities: tuple[str, ...]) -> list[Group]:
+    """A row for every (model, dataset, method) a reference has a number for and no group of ours covers;
+    in the reference's own data set, and beside our runs on a copy of it (the CIFAR-10 JPEG copy)."""
+    from repro.report.collect import describe_dataset
+
+    wanted = {(n.model, n.dataset, n.method) for source in references.sources for n in source.numbers if n.quantity in quantities}
+    have = {(g.model, g.dataset.label, g.method) for g in groups}
+    datasets = {(model, dataset) for model, dataset, _ in wanted}
+    # Our sections on a copy of a reference data set (same reference) get its rows too.
+    copies = {g.dataset.label: (g.model, g.dataset, g.config.get("data_dir")) for g in groups
+              if g.dataset.reference and g.dataset.name != g.dataset.reference}
+    placeholders = []
+    for model, dataset, method in sorted(wanted):
+        targets = [(describe_dataset({"dataset": dataset}), None)]
+        targets += [(info, data_dir) for m, info, data_dir in copies.values() if m == model and info.reference == dataset]
+        for info, data_dir in targets:
+            if (model, info.label, method) in have:
+                continue
+            config = {"model": model, "method": method, "dataset": info.name, "data_dir": data_dir, "recipe": "report"}
+            placeholders.append(Group([], info, placeholder=True, _config=config))
+            have.add((model, info.label, method))
+    return placeholders
+
+
+def placeholder_command(group: Group) -> str:
+    """What trains the run a placeholder row lacks (then `repro eval` and, for Table 2, `--timing`)."""
+    import shlex
+
+    config = group.config
+    data = f" --data-dir {shlex.quote(str(config['data_dir']))}" if config.get("data_dir") else ""
+    return f"repro train --model {config['model']} --method {config['method']} --dataset {config['dataset']}{data}"
 
 
 def _section_notes(groups: list[Group], references: References) -> list[str]:
@@ -155,21 +202,35 @@ def _section_notes(groups: list[Group], references: References) -> list[str]:
 # ---------------------------------------------------------------------------------------------- Table 1
 
 
+TABLE1_QUANTITIES = ("test_accuracy",)
+TABLE2_QUANTITIES = ("accuracy", "latency_ms", "speedup_percent")
+
+
 def table1(collection: Collection, references: References) -> list[Table]:
     tables = []
-    for caption, groups in sections(collection):
+    for caption, groups in sections(collection, references, TABLE1_QUANTITIES):
         columns = ["Method", "Seeds (n)", "Final exit (%)", "Method output (%)"]
         for source in references.sources:
-            columns += [f"{source.label} (%)", f"Δ vs {source.label}"]
+            columns += [f"{source.label} (%)", f"Δ final exit vs {source.label}"]
         rows = []
         for group in groups:
-            final = stat_cell(group.stat("final_accuracy"), group, 2, _commands(group, "final_accuracy", rundir.EVAL), scale=100)
-            row = [text_cell(group.label), text_cell(_seeds_text(group)), final, _method_output_cell(group)]
+            if group.placeholder:
+                final = Cell(commands=[placeholder_command(group)], note="no run yet")
+                row = [text_cell(group.display_label), text_cell("0"), final, Cell(note="no run yet")]
+            else:
+                final = stat_cell(group.stat("final_accuracy"), group, 2, _commands(group, "final_accuracy", rundir.EVAL), scale=100)
+                row = [text_cell(group.display_label), text_cell(_seeds_text(group)), final, _method_output_cell(group)]
             for source in references.sources:
                 reference = reference_cell(source, "test_accuracy", group)
                 row += [reference, difference_cell(final, reference)]
             rows.append(row)
-        tables.append(Table(caption, columns, rows, _section_notes(groups, references), _labels(references)))
+        notes = _section_notes(groups, references)
+        if references.sources:
+            notes.append("Δ compares like with like: our final exit (the whole network, every sample run to the end) with the "
+                         "reference's number, which for its Baseline and B-Net rows can only be the final exit; for its Proposed "
+                         "variants the reference does not say which output it measured. Our method output (the soft output of "
+                         "soft-output methods) is shown apart and never compared.")
+        tables.append(Table(caption, columns, rows, notes, _labels(references)))
     return tables
 
 
@@ -202,7 +263,7 @@ def _method_output_cell(group: Group) -> Cell:
 
 def table2(collection: Collection, references: References) -> list[Table]:
     tables = []
-    for caption, groups in sections(collection):
+    for caption, groups in sections(collection, references, TABLE2_QUANTITIES):
         columns = ["Method", "Criterion", "n", "Accuracy (%)"]
         for source in references.sources:
             columns += [f"{source.label} (%)", f"Δ vs {source.label}"]
@@ -214,22 +275,30 @@ def table2(collection: Collection, references: References) -> list[Table]:
         columns += ["MAC speed-up"]
         rows = []
         for group in groups:
-            eval_cmds = _commands(group, "op_accuracy", rundir.EVAL)
-            timing_cmds = _commands(group, "latency_ms", rundir.TIMING)
-            accuracy = stat_cell(group.stat("op_accuracy"), group, 2, eval_cmds, scale=100)
-            row = [text_cell(group.label), text_cell(_criterion(group)), text_cell(str(group.n)), accuracy]
+            if group.placeholder:
+                def ours():
+                    return Cell(commands=[placeholder_command(group)], note="no run yet")
+
+                accuracy, latency, plain, speedup, macs = ours(), ours(), ours(), ours(), ours()
+                row = [text_cell(group.display_label), text_cell(DASH), text_cell("0"), accuracy]
+            else:
+                eval_cmds = _commands(group, "op_accuracy", rundir.EVAL)
+                timing_cmds = _commands(group, "latency_ms", rundir.TIMING)
+                accuracy = stat_cell(group.stat("op_accuracy"), group, 2, eval_cmds, scale=100)
+                latency = stat_cell(group.stat("latency_ms"), group, 3, timing_cmds)
+                plain = stat_cell(group.stat("plain_latency_ms"), group, 3, timing_cmds)
+                speedup = _speedup_cell(group, timing_cmds)
+                macs = stat_cell(group.stat("op_macs_speedup"), group, 2, eval_cmds, suffix="×")
+                row = [text_cell(group.display_label), text_cell(_criterion(group)), text_cell(str(group.n)), accuracy]
             for source in references.sources:
                 reference = reference_cell(source, "accuracy", group)
                 row += [reference, difference_cell(accuracy, reference)]
-            row += [
-                stat_cell(group.stat("latency_ms"), group, 3, timing_cmds),
-                stat_cell(group.stat("plain_latency_ms"), group, 3, timing_cmds),
-            ]
+            row += [latency, plain]
             row += [reference_cell(source, "latency_ms", group) for source in references.sources]
-            row.append(_speedup_cell(group, timing_cmds))
+            row.append(speedup)
             for source in references.sources:
                 row += [reference_cell(source, "speedup_percent", group), _recomputed_cell(source, group)]
-            row.append(stat_cell(group.stat("op_macs_speedup"), group, 2, eval_cmds, suffix="×"))
+            row.append(macs)
             rows.append(row)
         notes = _section_notes(groups, references) + _timing_notes(groups) + _speedup_notes(groups)
         tables.append(Table(caption, columns, rows, notes, _labels(references)))
@@ -237,11 +306,18 @@ def table2(collection: Collection, references: References) -> list[Table]:
 
 
 def _speedup_cell(group: Group, commands: list[str]) -> Cell:
-    """Plain-network latency / early-exit latency (a ratio), and in the reference convention: (ratio - 1) in percent."""
+    """Plain-network latency / early-exit latency (a ratio), and in the reference convention: (ratio - 1) in
+    percent; marked "(unsteady)" when its repeats disagreed by more than repro.timing.SPREAD_WARNING."""
+    from repro.timing import SPREAD_WARNING
+
     speedup = group.stat("measured_speedup")
     cell = stat_cell(speedup, group, 2, commands, suffix="×")
     if speedup is not None:
         cell.text += f" ({(speedup.mean - 1) * 100:+.1f} %)"
+        spreads = [run_values(run)["speedup_spread"] for run in group.runs]
+        if any(isinstance(s, (int, float)) and s > SPREAD_WARNING for s in spreads):
+            cell.text += " (unsteady)"
+            cell.note = "its timing repeats disagreed by more than 20 %: the machine was busy; time it again on a quiet one"
     return cell
 
 
@@ -329,8 +405,16 @@ def _speedup_notes(groups: list[Group]) -> list[str]:
 
 
 def _timing_notes(groups: list[Group]) -> list[str]:
+    from repro.timing import SPREAD_WARNING
+
     devices = sorted({str(run.timing.get("device")) for group in groups for run in group.runs if run.timing})
-    notes = [f"Latency measured on {device}." for device in devices]
+    notes = [f"Latency measured on {device}: the median per image at batch size 1; the measured speed-up is the median "
+             f"over repeated passes of plain-network over early-exit median latency." for device in devices]
+    unsteady = [run.name for group in groups for run in group.runs
+                if isinstance(run_values(run)["speedup_spread"], (int, float)) and run_values(run)["speedup_spread"] > SPREAD_WARNING]
+    if unsteady:
+        notes.append(f"(unsteady): the timing repeats of {', '.join(unsteady)} disagreed by more than {SPREAD_WARNING:.0%} of the "
+                     "speed-up, so the machine was too busy to read a speed-up from them; re-run `repro eval RUN --timing` on a quiet machine.")
     mismatched = [
         run.name
         for group in groups
