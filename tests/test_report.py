@@ -69,6 +69,10 @@ def write_run(root: Path, name: str, cfg: dict, exit_accuracy: list[float], meth
         row = {"epoch": epoch, "train_loss": 2.0 / epoch, "val_loss": 2.2 / epoch}
         row.update({f"val_acc_exit{b}": exit_accuracy[b] * epoch / 3 for b in range(exits)})
         row.update({"val_acc_method": (method_accuracy or exit_accuracy[-1]) * epoch / 3, "lr": cfg["lr"], "seconds": 1.5})
+        row["train_ce_exit%d" % (exits - 1) if exits > 1 else "train_ce_final"] = 2.0 / epoch
+        if cfg["method"] in ("proposed", "report-proposed", "report-maxprob"):  # routing mass, summing to 1
+            share = [0.5 / epoch] + [(1 - 0.5 / epoch) / (exits - 1)] * (exits - 1)
+            row.update({f"route_exit{b}": share[b] for b in range(exits)})
         metrics.append(row)
     rundir.write_csv(run.file(rundir.METRICS), metrics)
     final = exit_accuracy[-1]
@@ -507,3 +511,45 @@ def test_a_second_report_replaces_the_first(tmp_path):
     result = build_report([runs], out)
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in result.figures)
     assert "accuracy-cost.png" not in {p.name for p in result.figures}
+
+
+# ---------------------------------------------------------------------------------------------- run states, labels
+
+
+def test_an_unfinished_run_is_marked_and_left_out_unless_asked(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "bnet-s0", config("bnet", 0), [0.5, 0.6, 0.7, 0.80])
+    path = write_run(runs, "bnet-s1", config("bnet", 1), [0.5, 0.6, 0.7, 0.60])
+    rundir.write_json(path / rundir.STATE, {"status": "interrupted", "epoch": 1, "epochs": 3, "stopped_early": False, "error": None})
+    references = load_references()
+    cifar10 = lambda tables: next(t for t in tables if t.caption == "VGG-13 · CIFAR-10")  # noqa: E731
+    row = cifar10(table1(collect([runs]), references)).row("bnet")
+    assert row[0].text == "bnet — left out: bnet-s1 interrupted at epoch 1/3"
+    assert row[2].text == "80.00"  # seed 0 alone
+    counted = cifar10(table1(collect([runs], include_unfinished=True), references)).row("bnet")
+    assert counted[2].text == "70.00 ± 14.14" and counted[0].text == "bnet"
+    result = CliRunner().invoke(app, ["report", str(runs), "--out", str(tmp_path / "out"), "--include-unfinished"])
+    assert result.exit_code == 0 and "70.00 ± 14.14" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_run_that_overrides_its_recipe_says_what(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "bnet", {**config("bnet", 0), "batch_norm": True, "lr": 2e-3}, [0.5, 0.6, 0.7, 0.80])
+    (group,) = collect([runs]).groups
+    assert group.setup.startswith("recipe report with lr, batch_norm overridden, 3 epochs")
+
+
+def test_a_final_exit_at_chance_is_not_divided_by(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "proposed", config("proposed", 0), [0.5, 0.3, 0.2, 0.10], op_accuracy=0.5, fractions=[1.0, 0, 0, 0])
+    (t3,) = table3(collect([runs]))
+    cell = t3.cell("proposed", "Test accuracy (%)")
+    assert cell.text == "final exit near chance (10.0 %): no accuracy to keep"
+    assert t3.cell("proposed", "MAC speed-up").text == ""
+
+
+def test_dollar_signs_in_names_are_drawn_literally(tmp_path):
+    runs = tmp_path / "a $x^2$ folder"
+    write_run(runs, "bnet $\\alpha$", config("bnet", 0, dataset="imagefolder", data_dir="/data/$x^$ and $\\frac$"), [0.5, 0.6, 0.7, 0.80])
+    result = build_report([runs], tmp_path / "out")
+    assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in result.figures)

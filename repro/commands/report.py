@@ -23,11 +23,14 @@ def report(
         list[Path] | None,
         typer.Option("--reference", "-r", help="Another reference-number file (the format of repro/report/references.json); repeatable."),
     ] = None,
+    include_unfinished: Annotated[
+        bool, typer.Option("--include-unfinished", help="Count interrupted, failed or running runs in the tables (they are marked either way).")
+    ] = False,
 ):
     """Render the runs' results beside the reference numbers: report.md with PNG figures, and a self-contained report.html."""
     from repro.report import build_report
 
-    result = build_report(paths or [Path("runs")], out, references=reference or [])
+    result = build_report(paths or [Path("runs")], out, references=reference or [], include_unfinished=include_unfinished)
     console.print(
         f"Report of {result.runs} run(s) in {result.groups} group(s) written to [bold]{result.out}[/]: "
         f"{result.markdown.name}, {result.html.name} and {len(result.figures)} figure(s).",

@@ -27,7 +27,7 @@ DEFAULT_OUT = Path("reports") / "latest"
 REPORTABLE = ("metrics", "eval", "timing", "sweep", "calibration")
 
 
-def build_report(paths, out=DEFAULT_OUT, references=()) -> ReportResult:
+def build_report(paths, out=DEFAULT_OUT, references=(), include_unfinished: bool = False) -> ReportResult:
     """Collect the runs under `paths` and write report.md (+ PNG figures) and report.html into `out`.
 
     Raises ReproError (one line) when the reference files are invalid, no run is found, or no run has
@@ -35,7 +35,7 @@ def build_report(paths, out=DEFAULT_OUT, references=()) -> ReportResult:
     `missing` lists what they lack with the command that produces it.
     """
     sources = load_references(references)  # a bad --reference fails before any run is read
-    collection = collect(paths)
+    collection = collect(paths, include_unfinished)
     _check_reportable(collection, paths)
     figures = {}
     for name, (_title, _caption, panels_of, draw) in FIGURES.items():

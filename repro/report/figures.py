@@ -1,13 +1,21 @@
 """The report's figures: plain data in, a matplotlib Figure out (Agg; no pyplot state, nothing written).
 
 - `exit_accuracy_figure`: test accuracy of every exit, per method (the reproduction report's Figure 3,
-  for every exit rather than three), one panel per model x dataset.
+  for every exit rather than three), and the soft output of soft-output methods beside the final exit;
+  one panel per model x dataset.
 - `accuracy_cost_figure`: accuracy against relative cost (mean MACs / plain-network MACs) from the
   threshold sweeps, one panel per model x dataset, one line per method and criterion: its Pareto front
   (sweep.csv's flag: no other point both more accurate and cheaper), every swept point faint, and the
-  operating point starred.
-- `training_figure`: training and validation loss and validation accuracy per epoch (metrics.csv).
+  operating point of Table 2 as a star.
+- `training_figure`: per epoch, the final exit's training cross-entropy (the one loss every method has,
+  so methods compare) and the validation accuracy of the method's output (metrics.csv).
 - `exit_fractions_figure`: the fraction of test images leaving at each exit at the operating point.
+- `routing_figure`: where the soft output routes validation samples during training (the routing mass
+  m_b of every exit per epoch, metrics.csv): the collapse of the paper's literal loss is m_1 going to 1.
+
+Readable without the text: one colour and one marker per method (variants of a method share its colour
+and differ in line style), every legend names what it shows, axes have units. Everything a user controls
+(run names, folders, option values) is drawn literally: `$` would otherwise start matplotlib's mathtext.
 
 The `*_panels(collection)` functions turn collected runs into that plain data (means over seeds);
 repro.report.render is the one place that saves figures.
@@ -21,15 +29,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from repro.report.collect import METHOD_ORDER, Collection, Group, stack
 from repro.report.tables import exit_accuracy, sections
 
-# Colours by method, stable across figures; variants of one method share it and differ in line style.
+# Colours and markers by method, stable across figures; variants of one method share them and differ in line style.
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
+METHOD_MARKERS = {"baseline": "s", "bnet": "o", "proposed": "^", "report-proposed": "D", "report-maxprob": "v"}
 LINE_STYLES = ("-", "--", ":", "-.")
-CRITERION_MARKERS = {"entropy": "o", "maxprob": "s", "gate": "^"}
+CRITERION_STYLES = {"entropy": "-", "maxprob": "--", "gate": ":"}
 PANEL_SIZE = (5.6, 3.6)  # inches per panel
 SINGLE_PANEL_WIDTH = 9.0  # inches
 DPI = 110
@@ -41,16 +51,18 @@ class Series:
     x: np.ndarray
     y: np.ndarray
     std: np.ndarray | None = None  # spread over seeds (ddof = 1), same length as y
-    method: str = ""  # picks the colour
+    method: str = ""  # picks the colour and marker
     variant: int = 0  # picks the line style among one method's variants
-    marker: str = "o"
-    kind: str = ""  # training curves: "val_loss", "train_loss" or "val_accuracy"
+    kind: str = ""  # training curves: "train_ce" or "val_accuracy"
+    extra: tuple[float, float] | None = None  # per-exit figure: the soft output (accuracy %, std)
+    stack: np.ndarray | None = None  # routing figure: [exits, epochs] mean routing mass
 
 
 @dataclass
 class CostSeries(Series):
     """x, y: the Pareto front as a step function (mean over seeds of the best accuracy at cost <= x), std its spread."""
 
+    criterion: str = ""
     points: tuple[np.ndarray, np.ndarray] | None = None  # every swept (relative cost, accuracy %) of every seed
     operating_point: tuple[float, float] | None = None  # (relative cost, accuracy %)
 
@@ -62,9 +74,23 @@ class Panel:
     reference_lines: list[tuple[str, float, str]] = field(default_factory=list)  # (label, accuracy %, method)
 
 
-def colour(method: str) -> str:
+def literal(text: str) -> str:
+    """Text drawn as written: a `$` would start mathtext (and `$x^$` would crash the figure)."""
+    return str(text).replace("$", r"\$")
+
+
+def colour(method: str, variant: int = 0):
+    """The method's colour; its variants (other settings of the same method) are lighter shades of it."""
+    from matplotlib.colors import to_rgb
+
     index = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) + sum(map(ord, method))
-    return PALETTE[index % len(PALETTE)]
+    base = to_rgb(PALETTE[index % len(PALETTE)])
+    mix = min(0.6, 0.3 * variant)
+    return tuple(c + (1.0 - c) * mix for c in base)
+
+
+def marker(method: str) -> str:
+    return METHOD_MARKERS.get(method, "P")
 
 
 def _grid(count: int, columns: int = 2) -> tuple[Figure, list]:
@@ -80,7 +106,7 @@ def _grid(count: int, columns: int = 2) -> tuple[Figure, list]:
 
 
 def _style(axis, title: str, xlabel: str, ylabel: str) -> None:
-    axis.set_title(title, fontsize=11)
+    axis.set_title(literal(title), fontsize=11)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.grid(True, alpha=0.3)
@@ -88,14 +114,32 @@ def _style(axis, title: str, xlabel: str, ylabel: str) -> None:
         axis.spines[side].set_visible(False)
 
 
-def _legend(axis, outside: bool = False) -> None:
+def _legend(axis, outside: bool = False, handles=None) -> None:
     """A legend inside the axes, or beside them (right) when there are many lines to keep clear of."""
-    if not axis.get_legend_handles_labels()[0]:
+    handles = handles if handles is not None else axis.get_legend_handles_labels()[0]
+    if not handles:
         return
     if outside:
-        axis.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axis.legend(handles=handles, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
-        axis.legend(fontsize=8, frameon=False, loc="best")
+        axis.legend(handles=handles, fontsize=8, frameon=False, loc="best")
+
+
+def _exit_ticks(axis, count: int, extra: str | None = None) -> None:
+    """x ticks 1..count-1 for the early exits and "final" for the last (plus `extra` one step further)."""
+    positions = list(range(1, count + 1)) + ([count + 1] if extra else [])
+    labels = [str(b) for b in range(1, count)] + ["final"] + ([extra] if extra else [])
+    axis.set_xticks(positions, labels)
+
+
+def _margin_limits(axis, values: list[float]) -> None:
+    """y limits with room above and below the data, so that no line sits on the frame."""
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return
+    low, high = min(values), max(values)
+    pad = max(2.0, 0.08 * (high - low))
+    axis.set_ylim(max(0.0, low - pad), min(100.0, high + pad) if high <= 100 else high + pad)
 
 
 def mean_front(fronts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,62 +164,72 @@ def mean_front(fronts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
 def exit_accuracy_figure(panels: list[Panel]) -> Figure:
     figure, axes = _grid(len(panels))
     for axis, panel in zip(axes, panels):
+        values = []
+        widest = max((len(s.x) for s in panel.series), default=1)
+        soft = any(series.extra is not None for series in panel.series)
         for series in panel.series:
-            kwargs = dict(color=colour(series.method), linestyle=LINE_STYLES[series.variant % 4], marker=series.marker, label=series.label)
+            kwargs = dict(color=colour(series.method), linestyle=LINE_STYLES[series.variant % 4], marker=marker(series.method),
+                          label=literal(series.label))
             if series.std is not None and np.isfinite(series.std).any():
                 axis.errorbar(series.x, series.y, yerr=np.nan_to_num(series.std), capsize=3, **kwargs)
             else:
                 axis.plot(series.x, series.y, **kwargs)
+            values += list(series.y)
+            if series.extra is not None:  # the soft output, one step right of the final exit
+                accuracy, std = series.extra
+                axis.errorbar([widest + 1], [accuracy], yerr=[0 if not np.isfinite(std) else std], color=colour(series.method),
+                              marker="*", markersize=12, capsize=3, linestyle="none", label=literal(f"{series.label}: soft output"))
+                values.append(accuracy)
         for label, value, method in panel.reference_lines:
-            axis.axhline(value, color=colour(method), linestyle="--", linewidth=1, label=label)
-        widest = max((len(s.x) for s in panel.series), default=1)
-        axis.set_xticks(range(1, widest + 1))
+            axis.axhline(value, color=colour(method), linestyle="--", linewidth=1.2, label=literal(label))
+            values.append(value)
+        _exit_ticks(axis, widest, "soft\noutput" if soft else None)
+        _margin_limits(axis, values)
         _style(axis, panel.title, "exit (shallow → final)", "test accuracy (%)")
-        _legend(axis)
+        _legend(axis, outside=len(panel.series) + len(panel.reference_lines) > 4)
     return figure
 
 
 def accuracy_cost_figure(panels: list[Panel]) -> Figure:
     figure, axes = _grid(len(panels))
     for axis, panel in zip(axes, panels):
+        handles = []
         for series in panel.series:
-            tint = colour(series.method)
+            tint, style = colour(series.method, series.variant), CRITERION_STYLES.get(series.criterion, LINE_STYLES[series.variant % 4])
             if series.points is not None:
                 axis.scatter(*series.points, s=7, color=tint, alpha=0.2, linewidths=0)
-            axis.plot(series.x, series.y, drawstyle="steps-post", color=tint, linestyle=LINE_STYLES[series.variant % 4],
-                      marker=series.marker, markersize=3, linewidth=1.8, label=series.label)
+            line, = axis.plot(series.x, series.y, drawstyle="steps-post", color=tint, linestyle=style,
+                              marker=marker(series.method), markersize=3, linewidth=1.8, label=literal(series.label))
+            handles.append(line)
             if series.std is not None and np.isfinite(series.std).any():
                 axis.fill_between(series.x, series.y - series.std, series.y + series.std, step="post", color=tint, alpha=0.12)
             if series.operating_point is not None:
-                axis.plot(*series.operating_point, marker="*", markersize=13, color=tint, markeredgecolor="black", linestyle="none")
-        axis.plot([], [], marker="*", markersize=10, color="white", markeredgecolor="black", linestyle="none", label="operating point")
-        _style(axis, panel.title, "relative cost (mean MACs / plain network)", "test accuracy (%)")
-        _legend(axis, outside=True)
+                axis.plot(*series.operating_point, marker="*", markersize=14, color=tint, markeredgecolor="black", linestyle="none")
+        handles.append(Line2D([], [], marker="*", markersize=11, color="white", markeredgecolor="black", linestyle="none",
+                              label="operating point of Table 2"))
+        handles.append(Line2D([], [], marker="o", markersize=4, color="grey", alpha=0.4, linestyle="none",
+                              label="every swept threshold"))
+        axis.axvline(1.0, color="black", linewidth=0.8, alpha=0.5)
+        _style(axis, panel.title, "mean MACs / plain network's", "test accuracy (%)")
+        _legend(axis, outside=True, handles=handles)
     return figure
 
 
 def training_figure(panels: list[Panel]) -> Figure:
-    """Two axes per model x dataset: losses (solid: validation, dashed: training) and validation accuracy."""
+    """Two axes per model x dataset: the final exit's training CE, and the method output's validation accuracy."""
     figure, axes = _grid(2 * len(panels), columns=2)
     for index, panel in enumerate(panels):
         loss_axis, accuracy_axis = axes[2 * index], axes[2 * index + 1]
         for series in panel.series:
-            tint = colour(series.method)
-            if series.kind == "val_loss":
-                loss_axis.plot(series.x, series.y, color=tint, label=series.label, linestyle=LINE_STYLES[series.variant % 4])
-            elif series.kind == "train_loss":
-                loss_axis.plot(series.x, series.y, color=tint, alpha=0.6, linewidth=1, linestyle="--")
-            else:
-                accuracy_axis.plot(series.x, series.y, color=tint, label=series.label, marker=".", linestyle=LINE_STYLES[series.variant % 4])
-                if series.std is not None and np.isfinite(series.std).any():
-                    accuracy_axis.fill_between(series.x, series.y - series.std, series.y + series.std, color=tint, alpha=0.15)
+            tint, style = colour(series.method), LINE_STYLES[series.variant % 4]
+            axis = loss_axis if series.kind == "train_ce" else accuracy_axis
+            axis.plot(series.x, series.y, color=tint, label=literal(series.label), marker=marker(series.method),
+                      markersize=4, linestyle=style)
+            if series.std is not None and np.isfinite(series.std).any():
+                axis.fill_between(series.x, series.y - series.std, series.y + series.std, color=tint, alpha=0.15)
         for axis in (loss_axis, accuracy_axis):
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        # Methods sum different numbers of terms (bnet: one CE per exit), so losses differ in scale: log axis.
-        loss_axis.set_yscale("log")
-        loss_axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        loss_axis.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        _style(loss_axis, f"{panel.title}: loss (dashed: training)", "epoch", "loss (log scale)")
+        _style(loss_axis, f"{panel.title}: the final exit's training loss", "epoch", "cross-entropy of the final exit (nats)")
         _style(accuracy_axis, f"{panel.title}: validation accuracy", "epoch", "accuracy of the method's output (%)")
         _legend(loss_axis)
         _legend(accuracy_axis)
@@ -189,13 +243,35 @@ def exit_fractions_figure(panels: list[Panel]) -> Figure:
         width = 0.8 / count
         for index, series in enumerate(panel.series):
             axis.bar(series.x + (index - (count - 1) / 2) * width, series.y, width=width, color=colour(series.method),
-                     hatch=("", "//", "..", "xx")[series.variant % 4], edgecolor="white", label=series.label)
-        widest = max((len(s.x) for s in panel.series), default=1)
-        axis.set_xticks(range(1, widest + 1))
+                     hatch=("", "//", "..", "xx")[series.variant % 4], edgecolor="white", label=literal(series.label))
+        _exit_ticks(axis, max((len(s.x) for s in panel.series), default=1))
         axis.set_ylim(0, 100)
-        _style(axis, panel.title, "exit (shallow → final)", "test images leaving here (%)")
+        _style(axis, panel.title, "exit (shallow → final)", "test images leaving at this exit (%)")
         _legend(axis)
     return figure
+
+
+def routing_figure(panels: list[Panel]) -> Figure:
+    """One axis per soft-output run group: the routing mass of every exit per epoch, stacked to 1."""
+    series_list = [(panel.title, series) for panel in panels for series in panel.series]
+    figure, axes = _grid(len(series_list))
+    for axis, (title, series) in zip(axes, series_list):
+        exits = series.stack.shape[0]
+        shades = [_shade(b, exits) for b in range(exits)]
+        labels = [f"exit {b + 1}" for b in range(exits - 1)] + ["final exit"]
+        axis.stackplot(series.x, series.stack * 100, colors=shades, labels=labels, alpha=0.9)
+        axis.set_ylim(0, 100)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _style(axis, f"{title}: {series.label}", "epoch", "validation samples routed here (%)")
+        _legend(axis, outside=True)
+    return figure
+
+
+def _shade(index: int, count: int) -> tuple:
+    """Exits from shallow (light) to final (dark), on one hue, so the collapse onto exit 1 reads as light."""
+    from matplotlib import colormaps
+
+    return colormaps["viridis"](0.95 - 0.85 * index / max(1, count - 1))
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -224,7 +300,12 @@ def exit_accuracy_panels(collection: Collection) -> list[Panel]:
                 # A network without early exits has one point: draw it as a level across the exits.
                 panel.reference_lines.append((f"{label}, no early exits", float(mean[0]), group.method))
                 continue
-            panel.series.append(Series(label, np.arange(1, len(mean) + 1), mean, std, group.method, variants[id(group)]))
+            series = Series(label, np.arange(1, len(mean) + 1), mean, std, group.method, variants[id(group)])
+            soft = group.stat("method_accuracy")
+            final = group.stat("final_accuracy")
+            if soft is not None and final is not None and abs(soft.mean - final.mean) > 1e-12:
+                series.extra = (soft.mean * 100, soft.std * 100)
+            panel.series.append(series)
         if panel.series or panel.reference_lines:
             panels.append(panel)
     return panels
@@ -268,9 +349,8 @@ def accuracy_cost_panels(collection: Collection) -> list[Panel]:
                 everything = (np.concatenate([p[0] for p in points]), np.concatenate([p[1] for p in points]))
                 own = _operating_criterion(group) == criterion
                 panel.series.append(CostSeries(
-                    f"{group.label}, {criterion} (n={len(fronts)})", cost, mean, std, method=group.method,
-                    variant=variants[id(group)], marker=CRITERION_MARKERS.get(criterion, "o"),
-                    points=everything, operating_point=point if own else None,
+                    f"{group.label}, {criterion} threshold (n={len(fronts)})", cost, mean, std, method=group.method,
+                    variant=variants[id(group)], criterion=criterion, points=everything, operating_point=point if own else None,
                 ))
         if panel.series:
             panels.append(panel)
@@ -285,6 +365,14 @@ def _operating_criterion(group: Group) -> str | None:
     return None
 
 
+def _final_ce_column(frame: pd.DataFrame) -> str | None:
+    """The final exit's training CE: train_ce_final (baseline) or the last train_ce_exit{b}."""
+    if "train_ce_final" in frame:
+        return "train_ce_final"
+    columns = sorted((c for c in frame if c.startswith("train_ce_exit")), key=lambda c: int(c[len("train_ce_exit"):]))
+    return columns[-1] if columns else None
+
+
 def training_panels(collection: Collection) -> list[Panel]:
     panels = []
     for caption, groups in sections(collection):
@@ -293,13 +381,15 @@ def training_panels(collection: Collection) -> list[Panel]:
             frames = [run.metrics for run in group.runs if run.metrics is not None and "epoch" in run.metrics]
             if not frames:
                 continue
-            metrics = pd.concat(frames, ignore_index=True).groupby("epoch", sort=True)
-            for column, kind, scale in (("val_loss", "val_loss", 1), ("train_loss", "train_loss", 1), ("val_acc_method", "val_accuracy", 100)):
-                if column not in frames[0]:
+            label = f"{group.label} (n={len(frames)})"
+            columns = (("train_ce", _final_ce_column(frames[0]), 1), ("val_accuracy", "val_acc_method", 100))
+            for kind, column, scale in columns:
+                if column is None or not all(column in frame for frame in frames):
                     continue
-                mean, std = metrics[column].mean() * scale, metrics[column].std(ddof=1) * scale
-                panel.series.append(Series(f"{group.label} (n={len(frames)})", mean.index.to_numpy(float), mean.to_numpy(),
-                                           std.to_numpy(), group.method, variants[id(group)], kind=kind))
+                by_epoch = pd.concat([frame[["epoch", column]] for frame in frames], ignore_index=True).groupby("epoch", sort=True)[column]
+                mean, std = by_epoch.mean() * scale, by_epoch.std(ddof=1) * scale
+                panel.series.append(Series(label, mean.index.to_numpy(float), mean.to_numpy(), std.to_numpy(), group.method,
+                                           variants[id(group)], kind=kind))
         if panel.series:
             panels.append(panel)
     return panels
@@ -320,17 +410,44 @@ def exit_fractions_panels(collection: Collection) -> list[Panel]:
     return panels
 
 
+def routing_panels(collection: Collection) -> list[Panel]:
+    """Soft-output groups whose metrics.csv logs the routing mass (route_exit{b}), mean over seeds per epoch."""
+    panels = []
+    for caption, groups in sections(collection):
+        panel = Panel(caption)
+        for group in groups:
+            frames = [run.metrics for run in group.runs if run.metrics is not None and "route_exit0" in run.metrics]
+            if not frames:
+                continue
+            columns = sorted((c for c in frames[0] if c.startswith("route_exit")), key=lambda c: int(c[len("route_exit"):]))
+            merged = pd.concat([frame[["epoch", *columns]] for frame in frames], ignore_index=True).groupby("epoch", sort=True).mean()
+            label = group.label + (" (the paper's literal loss)" if group.literal else "") + f" (n={len(frames)})"
+            panel.series.append(Series(label, merged.index.to_numpy(float), np.zeros(len(merged)), method=group.method,
+                                       stack=merged[columns].to_numpy().T))
+        if panel.series:
+            panels.append(panel)
+    return panels
+
+
 FIGURES = {
     # file name: (title, caption, panels from a collection, drawing)
-    "exit-accuracy.png": ("Per-exit test accuracy", "Test accuracy of every exit (mean over seeds, bars: ± std); "
-                          "networks without early exits as dashed levels. The reproduction report's Figure 3, for every exit.",
+    "exit-accuracy.png": ("Per-exit test accuracy", "Test accuracy of every exit (mean over seeds, bars: ± std), and the soft "
+                          "output of soft-output methods (star) right of the final exit; networks without early exits as dashed "
+                          "levels. The reproduction report's Figure 3, for every exit.",
                           exit_accuracy_panels, exit_accuracy_figure),
-    "accuracy-cost.png": ("Accuracy against cost", "Threshold sweeps on the test split: faint dots every swept threshold "
-                          "of every seed, lines the Pareto front (mean over seeds of the best accuracy at that cost or less; "
-                          "band ± std), star the operating point of Table 2.",
+    "accuracy-cost.png": ("Accuracy against cost", "Threshold sweeps on the test split: one colour and marker per method, one "
+                          "line style per exit criterion (solid entropy, dashed top probability, dotted learned gate). Faint "
+                          "dots: every swept threshold of every seed; lines: the Pareto front (mean over seeds of the best "
+                          "accuracy at that cost or less; band ± std); stars: the operating point of Table 2. Cost 1 is the "
+                          "network without exits.",
                           accuracy_cost_panels, accuracy_cost_figure),
-    "exit-fractions.png": ("Where images leave", "Fraction of test images leaving at each exit at the operating point (mean over seeds).",
-                           exit_fractions_panels, exit_fractions_figure),
-    "training.png": ("Training curves", "Per epoch, mean over seeds (band: ± std of validation accuracy).",
+    "exit-fractions.png": ("Where images leave", "Percentage of test images leaving at each exit at the operating point "
+                           "(mean over seeds).", exit_fractions_panels, exit_fractions_figure),
+    "training.png": ("Training curves", "Per epoch, mean over seeds (band: ± std): the final exit's training cross-entropy "
+                     "(a loss every method has, so methods compare) and the validation accuracy of the method's output.",
                      training_panels, training_figure),
+    "routing.png": ("Where the soft output routes during training", "For soft-output methods: the share of validation samples "
+                    "the soft output sends to each exit (routing mass m_b = g_b prod_{k<b} (1 - g_k)) after every epoch, "
+                    "shallow exits light, the final exit dark. The paper's literal loss collapses: exit 1 takes everything.",
+                    routing_panels, routing_figure),
 }
