@@ -8,10 +8,12 @@ from __future__ import annotations
 import typer
 
 from repro.commands import data, demo, grid, report, sweep, train
+from repro.console import Command, Group
 from repro.commands import eval as eval_command
 
 app = typer.Typer(
     name="repro",
+    cls=Group,
     help=(
         "Reproduce and extend 'Differentiable branching in deep networks for fast inference' "
         "(Scardapane et al., ICASSP 2020): train multi-exit networks (baseline, B-Net, the paper's "
@@ -23,10 +25,10 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-app.command("train")(train.train)
-app.command("eval")(eval_command.eval_command)
-app.command("sweep")(sweep.sweep)
-app.command("report")(report.report)
-app.command("grid")(grid.grid)
-app.command("demo")(demo.demo)
+app.command("train", cls=Command)(train.train)
+app.command("eval", cls=Command)(eval_command.eval_command)
+app.command("sweep", cls=Command)(sweep.sweep)
+app.command("report", cls=Command)(report.report)
+app.command("grid", cls=Command)(grid.grid)
+app.command("demo", cls=Command)(demo.demo)
 app.add_typer(data.app, name="data", help="List, inspect, fetch and verify datasets.")

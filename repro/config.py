@@ -64,62 +64,62 @@ def option(default, help: str, panel: str | None, *, choices: str | tuple | None
 class TrainConfig:
     # what to train
     model: str = option("vgg13", "Network", MODEL, choices="models")
-    method: str = option("proposed", "Training method: a loss over every exit's outputs (README: Methods)", METHOD, choices="methods")
-    dataset: str = option("synthetic", "Data set; synthetic is embedded and needs no download", DATA, choices="datasets")
-    data_dir: str | None = option(None, "Where data sets live", DATA, default_text="./data or $REPRO_DATA")
-    subset: int | None = option(None, "Train on N class-balanced training images (N // 5 test images)", DATA, default_text="all")
-    val_fraction: float = option(0.2, "Fraction of the training images held out for validation, in (0, 1)", DATA)
-    split_seed: int = option(0, "Seed of the train/validation split and the subset, fixed across training seeds", DATA)
-    recipe: str = option("report", "Where the defaults come from: the USI report's setup or a modern one", OPTIMISATION, choices="recipes")
-    seed: int = option(0, "Seed of initialisation, batch order, augmentation and dropout", RUN)
+    method: str = option("proposed", "Training method, a loss (README: Methods)", METHOD, choices="methods")
+    dataset: str = option("synthetic", "Data set (repro data list)", DATA, choices="datasets")
+    data_dir: str | None = option(None, "Folder holding the data sets", DATA, default_text="./data or $REPRO_DATA")
+    subset: int | None = option(None, "Train on N class-balanced images (N // 5 test)", DATA, default_text="all")
+    val_fraction: float = option(0.2, "Share of training images held out to validate", DATA)
+    split_seed: int = option(0, "Seed of the validation split and the subset", DATA)
+    recipe: str = option("report", "Where defaults come from: the USI report, or modern", OPTIMISATION, choices="recipes")
+    seed: int = option(0, "Seed of weights, batch order, augmentation", RUN)
     # auto resolves when training starts (bf16 autocast on CUDA and on CPUs with native bf16 instructions,
     # else fp32); config.json holds the precision used, so resuming and skipping compare like with like.
-    precision: str = option("auto", "Arithmetic of training: auto = bf16 where the device has it natively, else fp32", RUN, choices=PRECISIONS)
+    precision: str = option("auto", "Training arithmetic; auto = bf16 where native", RUN, choices=PRECISIONS)
     # optimisation
-    epochs: int = option(30, "Maximum number of passes over the training split", OPTIMISATION)
+    epochs: int = option(30, "Maximum passes over the training split", OPTIMISATION)
     batch_size: int = option(128, "Images per optimizer step", OPTIMISATION)
     optimizer: str = option("adam", "Optimizer", OPTIMISATION, choices=OPTIMIZERS)
     lr: float = option(5e-4, "Peak learning rate", OPTIMISATION)
-    momentum: float = option(0.9, "SGD momentum (unused by Adam)", OPTIMISATION)
+    momentum: float = option(0.9, "SGD momentum", OPTIMISATION)
     nesterov: bool = option(False, "SGD Nesterov momentum", OPTIMISATION)
-    weight_decay: float = option(0.0, "L2 coefficient (coupled: torch's weight_decay)", OPTIMISATION)
-    schedule: str = option("constant", "Learning-rate schedule, stepped per batch; warm-up then decay to 0", OPTIMISATION, choices=SCHEDULES)
-    warmup_epochs: float = option(0.0, "Epochs of linear warm-up from 0 to --lr", OPTIMISATION)
-    label_smoothing: float = option(0.0, "Label smoothing eps of every cross-entropy term, in [0, 1)", OPTIMISATION)
-    patience: int = option(5, "Early stopping: epochs without a lower validation loss; 0 = never stop early", OPTIMISATION)
-    select_best: bool = option(True, "checkpoint.pt holds the epoch with the lowest validation loss, or the last epoch", OPTIMISATION,
+    weight_decay: float = option(0.0, "L2 coefficient", OPTIMISATION)
+    schedule: str = option("constant", "Learning-rate schedule, per step", OPTIMISATION, choices=SCHEDULES)
+    warmup_epochs: float = option(0.0, "Epochs of linear learning-rate warm-up", OPTIMISATION)
+    label_smoothing: float = option(0.0, "Label smoothing of every cross-entropy", OPTIMISATION)
+    patience: int = option(5, "Early-stopping patience in epochs; 0 = off", OPTIMISATION)
+    select_best: bool = option(True, "checkpoint.pt: lowest val loss, or last epoch", OPTIMISATION,
                                flags="--select-best/--select-last")
-    augment: bool = option(False, "Random crop (4-pixel padding) and horizontal flip of training images", OPTIMISATION)
+    augment: bool = option(False, "Random crop and flip of training images", OPTIMISATION)
     # model
-    exits: list[int] | None = option(None, "Early-exit positions, e.g. 0,2,4 (position p = after backbone stage p)", MODEL,
-                                     default_text="the model's; none for baseline")
-    batch_norm: bool | None = option(None, "Batch norm after each convolution (resnet18 always has it)", MODEL,
-                                     default_text="the model's: off, resnet18 on")
-    classifier: str | None = option(None, "Final classifier: report = 512-4096-4096-C (vgg13), linear = 512-C", MODEL,
-                                    choices="classifiers", default_text="the model's: report, resnet18 linear")
-    dropout: bool | None = option(None, "Dropout (p = 0.5) before the hidden layers of the report classifier", MODEL,
-                                  default_text="the model's: on")
-    head: str = option("conv", "Exit branch: conv (the report's: conv 3x3, ReLU, max-pool) or pool (global average pool)", MODEL,
+    exits: list[int] | None = option(None, "Exit positions, e.g. 0,2,4 (after stage p)", MODEL,
+                                     default_text="model's; none for baseline")
+    batch_norm: bool | None = option(None, "Batch norm after each convolution", MODEL,
+                                     default_text="model's")
+    classifier: str | None = option(None, "Final classifier: report = 512-4096-4096-C", MODEL,
+                                    choices="classifiers", default_text="model's")
+    dropout: bool | None = option(None, "Dropout in the report classifier", MODEL,
+                                  default_text="model's")
+    head: str = option("conv", "Exit branch: conv (the report's) or pool", MODEL,
                        choices="heads")
-    width: float = option(1.0, "Channel multiplier (0.25: a quarter of the channels, for quick runs)", MODEL)
+    width: float = option(1.0, "Channel multiplier; 0.25 for quick runs", MODEL)
     # method options (None where the method does not use them; `resolved` fills the method's default)
-    cost_weight: float | None = option(None, "proposed: lambda, nats of NLL per unit of expected cost (x final exit)", METHOD,
+    cost_weight: float | None = option(None, "proposed: lambda of the expected cost", METHOD,
                                        default_text="proposed 0.1")
-    joint_weight: float | None = option(None, "Soft-output methods: weight w of w * sum_b CE(f_b)", METHOD,
+    joint_weight: float | None = option(None, "Soft-output: weight of sum_b CE(f_b)", METHOD,
                                         default_text="proposed 0, report-* 1")
-    mix: str | None = option(None, "Soft-output methods: mix class probabilities or logits", METHOD, choices="mixes",
+    mix: str | None = option(None, "Soft-output: mix probabilities or logits", METHOD, choices="mixes",
                              default_text="probs")
-    alphas: list[float] | None = option(None, "bnet: cross-entropy weight per exit, final included, e.g. 1,1,0.5", METHOD,
+    alphas: list[float] | None = option(None, "bnet: CE weight per exit, e.g. 1,1,0.5", METHOD,
                                         default_text="all 1")
-    detach_confidence: bool | None = option(None, "report-*: stop the soft output's gradient at the confidence gates", METHOD,
+    detach_confidence: bool | None = option(None, "report-*: detach the confidence gates", METHOD,
                                             default_text="off")
-    gate_bias: float | None = option(None, "proposed: initial bias of every gate: 0 starts them near 0.5, -3 near 0.05 (closed)", METHOD,
+    gate_bias: float | None = option(None, "proposed: initial gate bias; -3 = closed", METHOD,
                                      default_text="0")
-    gate_detach: bool | None = option(None, "proposed: gates read detached features, so their gradient shapes only the gates", METHOD,
+    gate_detach: bool | None = option(None, "proposed: gates read detached features", METHOD,
                                       default_text="off")
-    joint_warmup: int | None = option(None, "Soft-output methods: epochs trained on the per-exit CE alone before the method's loss", METHOD,
+    joint_warmup: int | None = option(None, "Soft-output: epochs of per-exit CE first", METHOD,
                                       default_text="0")
-    final_weight: float | None = option(None, "Soft-output methods: weight of the final exit's own CE added to the loss", METHOD,
+    final_weight: float | None = option(None, "Soft-output: weight of the final exit's CE", METHOD,
                                         default_text="0")
     # filled from the data set
     num_classes: int | None = option(None, "classes of the data set", None)
@@ -328,7 +328,8 @@ def describe_default(name: str, recipe: str | None = None) -> str:
     values = {r: recipe_default(name, r) for r in recipes}
     if len({json.dumps(v) for v in values.values()}) == 1:
         return shown(next(iter(values.values())))
-    return "; ".join(f"{shown(v)} ({r} recipe)" for r, v in values.items())
+    first, *others = values.items()
+    return "; ".join([shown(first[1])] + [f"{r} recipe: {shown(v)}" for r, v in others])
 
 
 def format_value(value) -> str:

@@ -8,14 +8,25 @@ code, never a traceback.
 from __future__ import annotations
 
 import functools
+import textwrap
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from repro.errors import ReproError
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def say(message: str, markup: bool = True, out: Console | None = None) -> None:
+    """Print a message wrapped at spaces to the terminal's width, never inside a word: a path or a command
+    longer than the line stays whole (the terminal folds it on screen; a copy of it is intact)."""
+    out = out or console
+    lines = [textwrap.fill(line, width=max(20, out.width), break_long_words=False, break_on_hyphens=False)
+             for line in str(message).splitlines() or [""]]
+    out.print("\n".join(lines), markup=markup, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, exit_code: int = 1):
@@ -47,3 +58,21 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+def _untyped_switches(params):
+    """Switches (--help, --overwrite, --augment/--no-augment) take no value: list them without a "<bool>"."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    def get_params(self, ctx):
+        return _untyped_switches(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx):
+        return _untyped_switches(super().get_params(ctx))

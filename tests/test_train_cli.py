@@ -113,7 +113,7 @@ def test_existing_run_dir_overwrite_resume_and_finished(data_dir, tmp_path):
     assert "--lr 0.1 (the run has 0.0005)" in changed.output and "--method 'proposed' (the run has 'bnet')" in changed.output
     assert "--exits" not in changed.output  # the same value is no difference
     finished = invoke(["train", "--resume", run, "--method", "bnet"], tmp_path)
-    assert finished.exit_code == 0 and "already finished" in finished.output
+    assert finished.exit_code == 0 and "already finished" in " ".join(finished.output.split())
     missing = invoke(["train", "--resume", tmp_path / "nothing"], tmp_path)
     assert missing.exit_code == 1 and "does not exist" in missing.output
 
@@ -165,3 +165,22 @@ def test_seeds_train_one_run_per_seed(data_dir, tmp_path):
         assert rundir.read_json(run / rundir.ENV)["seed"] == seed
         weights.append(rundir.load_torch(run / rundir.CHECKPOINT)["model"])
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_help_and_messages_wrap_at_spaces_never_inside_a_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    help_text = runner.invoke(app, ["train", "--help"], terminal_width=80).output
+    for option in ("--batch-size", "--joint-warmup", "--select-best", "--detach-confidence", "--precision", "--resume"):
+        assert option in help_text  # never cut
+    assert "<bool>" not in help_text and "{run}" not in help_text
+    assert all(len(line) <= 80 for line in help_text.splitlines())
+    for panel in ("Model", "Data", "Method", "Optimisation", "Run"):
+        assert f"─ {panel} ─" in help_text
+    # A message holding a path longer than the line keeps the path whole on one line.
+    from repro.console import Console, say
+
+    out = Console(width=40, record=True)
+    path = "/a/very/long/folder/that/cannot/fit/in/forty/columns/report.md"
+    say(f"Report written to {path} and a few more words here", out=out)
+    lines = out.export_text().splitlines()
+    assert path in lines and all(len(line) <= 40 for line in lines if line != path)

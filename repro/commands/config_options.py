@@ -72,7 +72,7 @@ def config_parameters() -> list[inspect.Parameter]:
         extra = {"is_eager": True, "callback": _recipe_callback} if name == "recipe" else {}
         # Switches get no type column ("<bool>" says nothing).
         info = typer.Option(*flags_of(name), help=help_text(name), rich_help_panel=_meta(name)["panel"],
-                            show_default=False, metavar=metavar if kind is not bool else "", **extra)
+                            show_default=False, metavar="", **extra)
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                             annotation=Annotated[Optional[kind], info]))
     return parameters

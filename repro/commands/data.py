@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from repro.console import cli_errors, console
+from repro.console import Command, Group, cli_errors, console, say
 
-app = typer.Typer(no_args_is_help=True, help="List, inspect, fetch and verify datasets.")
+app = typer.Typer(cls=Group, no_args_is_help=True, help="List, inspect, fetch and verify datasets.")
 
 DataDir = Annotated[
     Optional[Path],
@@ -18,7 +18,7 @@ DataDir = Annotated[
 Name = Annotated[str, typer.Argument(help="Dataset name (see `repro data list`).")]
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 @cli_errors
 def list_command(data_dir: DataDir = None):
     """List the registered datasets, their shapes and splits, and whether their files are here (`info` says more)."""
@@ -28,9 +28,11 @@ def list_command(data_dir: DataDir = None):
     from repro.data.registry import SPECS
 
     folder = resolve_data_dir(data_dir)
-    table = Table(title=f"Datasets (data folder: {folder})")
+    say(f"data folder: {folder}")
+    table = Table()
     for column in ("name", "classes", "image", "splits", "status"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, no_wrap=column == "name")
+    where = {}
     for spec in SPECS.values():
         if spec.embedded:
             status = "embedded"
@@ -38,14 +40,19 @@ def list_command(data_dir: DataDir = None):
             status = "pass --data-dir ROOT"
         else:
             found = locate(spec, folder)
-            status = "missing" if found is None else f"found: {found.label}"
+            status = "missing" if found is None else "found"
+            if found is not None:
+                where[spec.name] = found.label
         shape = "from files" if spec.channels is None else f"{spec.channels}x{spec.image_size}x{spec.image_size}"
         classes = "from folders" if spec.classes is None else str(len(spec.classes))
         table.add_row(spec.name, classes, shape, "/".join(spec.splits), status)
     console.print(table)
+    # Paths below the table, whole: a table column would cut them to its width.
+    for name, label in where.items():
+        say(f"{name}: {label}", markup=False)
 
 
-@app.command("info")
+@app.command("info", cls=Command)
 @cli_errors
 def info_command(
     name: Name,
@@ -57,24 +64,24 @@ def info_command(
     from repro.data.registry import get_spec, search_dirs
 
     spec = get_spec(name)
-    console.print(f"[bold]{spec.name}[/]: {spec.summary}")
+    say(f"[bold]{spec.name}[/]: {spec.summary}")
     if spec.homepage:
-        console.print(f"homepage: {spec.homepage}")
+        say(f"homepage: {spec.homepage}")
     for remote in spec.files:
-        console.print(f"file: {remote.filename}  md5 {remote.md5}  from {remote.url or 'no public URL: place it by hand'}")
+        say(f"file: {remote.filename}  md5 {remote.md5}  from {remote.url or 'no public URL: place it by hand'}")
     if spec.needs_root and data_dir is None:
-        console.print("layout: ROOT/{train,test[,valid]}/<class>/*.png|jpg (a folder or .tar.gz); pass --data-dir ROOT")
+        say("layout: ROOT/{train,test[,valid]}/<class>/*.png|jpg (a folder or .tar.gz); pass --data-dir ROOT")
         return
     folder = resolve_data_dir(data_dir)
     if not spec.embedded and not spec.needs_root:
-        console.print("searched: " + ", ".join(str(p) for p in search_dirs(spec, folder)))
+        say("searched: " + ", ".join(str(p) for p in search_dirs(spec, folder)))
         if locate(spec, folder) is None:
-            console.print(f"status: missing ({missing_message(spec, folder)})", highlight=False)
+            say(f"status: missing ({missing_message(spec, folder)})")
             return
     _describe(load_dataset(name, data_dir=data_dir, seed=seed))
 
 
-@app.command("fetch")
+@app.command("fetch", cls=Command)
 @cli_errors
 def fetch_command(name: Name, data_dir: DataDir = None):
     """Download the official files (streamed, md5-checked, then renamed into place) into DATA_DIR/NAME."""
@@ -82,13 +89,13 @@ def fetch_command(name: Name, data_dir: DataDir = None):
     from repro.data.registry import get_spec
 
     if get_spec(name).embedded:
-        console.print(f"{name} is embedded (generated from a seed); nothing to fetch")
+        say(f"{name} is embedded (generated from a seed); nothing to fetch")
         return
     for path, status in fetch_dataset(name, data_dir):
-        console.print(f"{status}: {path}", highlight=False)
+        say(f"{status}: {path}")
 
 
-@app.command("verify")
+@app.command("verify", cls=Command)
 @cli_errors
 def verify_command(name: Name, data_dir: DataDir = None):
     """Check the files' md5 sums against the published ones, then read every image and report the counts."""
@@ -100,22 +107,19 @@ def verify_command(name: Name, data_dir: DataDir = None):
     source = None if spec.embedded or (spec.needs_root and data_dir is None) else locate(spec, resolve_data_dir(data_dir))
     if source is not None:
         for path in verify_source(spec, source):
-            console.print(f"md5 ok: {path}", highlight=False)
+            say(f"md5 ok: {path}")
     dataset = load_dataset(name, data_dir=data_dir)
     _describe(dataset)
-    console.print(f"[green]ok[/]: {dataset.name} reads cleanly")
+    say(f"[green]ok[/]: {dataset.name} reads cleanly")
 
 
 def _describe(dataset) -> None:
     from rich.table import Table
 
-    console.print(f"source: {dataset.source}", highlight=False)
-    console.print(
-        f"images: {dataset.channels}x{dataset.image_size}x{dataset.image_size}, {dataset.num_classes} classes, "
-        f"fingerprint {dataset.fingerprint}",
-        highlight=False,
-    )
-    console.print("mean: " + ", ".join(f"{m:.4f}" for m in dataset.mean) + "   std: " + ", ".join(f"{s:.4f}" for s in dataset.std))
+    say(f"source: {dataset.source}")
+    say(f"images: {dataset.channels}x{dataset.image_size}x{dataset.image_size}, {dataset.num_classes} classes, "
+        f"fingerprint {dataset.fingerprint}")
+    say("mean: " + ", ".join(f"{m:.4f}" for m in dataset.mean) + "   std: " + ", ".join(f"{s:.4f}" for s in dataset.std))
     counts = dataset.counts()
     table = Table(title="images per split")
     table.add_column("split")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from repro.console import cli_errors, console
+from repro.console import cli_errors, console, say
 
 
 @cli_errors
@@ -27,11 +27,8 @@ def demo(
     config = DemoConfig(runs=runs, out=out, seed=seed)
     config.epochs = epochs or config.epochs
     config.subset = subset or config.subset
-    result = run_demo(config, log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    result = run_demo(config, log=lambda line: say(line, markup=False))
     report = result.report
-    console.print(
-        f"[green]done[/] in {time.perf_counter() - start:.0f} s: {len(result.runs)} runs in {runs}, "
-        f"report in [bold]{report.out}[/] ({report.markdown.name}, {report.html.name}, {len(report.figures)} figures)",
-        highlight=False,
-    )
-    console.print(f"Open {report.html}", markup=False, highlight=False)
+    say(f"[green]done[/] in {time.perf_counter() - start:.0f} s: {len(result.runs)} runs in {runs}, "
+        f"report in [bold]{report.out}[/] ({report.markdown.name}, {report.html.name}, {len(report.figures)} figures)")
+    say(f"Open {report.html}", markup=False)

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from repro.console import cli_errors, console
+from repro.console import cli_errors, console, say
 
 
 @cli_errors
 def eval_command(
-    run: Annotated[Path, typer.Argument(help="The run directory (holds config.json and checkpoint.pt).", show_default=False)],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="The run directory (holds config.json and checkpoint.pt).", show_default=False)],
     timing: Annotated[bool, typer.Option("--timing", help="Also time plain, full and early-exit inference (timing.json).")] = False,
     timing_images: Annotated[int, typer.Option("--timing-images", min=1, help="Test images to time.")] = 1000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch for evaluation and batched timing.")] = 256,
@@ -29,11 +29,11 @@ def eval_command(
     resolved = str(select_device(device))
     summary = steps.evaluate_run(run_dir, batch_size=batch_size, device=resolved)
     console.print(exit_table(summary))
-    console.print(f"wrote {run_dir.file(rundir.OUTPUTS)}, {run_dir.file(rundir.EVAL)}", highlight=False)
+    say(f"wrote {run_dir.file(rundir.OUTPUTS)}, {run_dir.file(rundir.EVAL)}")
     if timing:
         result = steps.time_run(run_dir, n_images=timing_images, batch_size=batch_size, device=resolved, threads=threads)
         console.print(timing_table(result))
-        console.print(f"wrote {run_dir.file(rundir.TIMING)}", highlight=False)
+        say(f"wrote {run_dir.file(rundir.TIMING)}")
 
 
 def exit_table(summary: dict):

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from repro.console import cli_errors, console
+from repro.console import cli_errors, console, say
 
 SLURM = "SLURM (--executor slurm)"
 
@@ -103,7 +103,7 @@ def run_locally(grid_spec, plans, device: str, jobs: int) -> dict:
         def done(outcome: CellOutcome) -> None:
             outcomes[outcome.name] = outcome
             bar.advance(overall)
-            bar.console.print(outcome_line(outcome), highlight=False, soft_wrap=True)
+            say(outcome_line(outcome), out=bar.console)
 
         for plan in plans:
             if plan.error:
@@ -130,7 +130,7 @@ def run_locally(grid_spec, plans, device: str, jobs: int) -> dict:
                         previous.status, previous.error = "failed", timed.error
                     else:
                         previous.status, previous.summary = "ran", timed.summary
-                    bar.console.print(outcome_line(previous), highlight=False, soft_wrap=True)
+                    say(outcome_line(previous), out=bar.console)
                 bar.advance(timing_task)
     return outcomes
 
@@ -167,9 +167,9 @@ def run_on_slurm(grid_spec, plans, device: str, options: dict, jobs: int, wait: 
         submitted = submit_cells(executor, cells_to_submit, grid_spec.steps, device)
         save_job_ids(folder, submitted, cells_to_submit)
         pending.update({cell.name: (job, cell) for job, cell in zip(submitted, cells_to_submit)})
-        console.print(f"submitted {len(submitted)} job(s); logs in {folder}", highlight=False)
+        say(f"submitted {len(submitted)} job(s); logs in {folder}")
     if not wait:
-        console.print(f"not waiting: run the same `repro grid` command again to collect them", highlight=False)
+        say(f"not waiting: run the same `repro grid` command again to collect them")
         return None
     with make_progress() as bar:
         overall = bar.add_task(f"grid {grid_spec.name}", total=len(pending), info="jobs", unit="job")
@@ -177,7 +177,7 @@ def run_on_slurm(grid_spec, plans, device: str, options: dict, jobs: int, wait: 
             for name, (job, cell) in list(pending.items()):
                 if job.done():
                     outcomes[name] = collect_job(job, cell)
-                    bar.console.print(outcome_line(outcomes[name]), highlight=False, soft_wrap=True)
+                    say(outcome_line(outcomes[name]), out=bar.console)
                     bar.advance(overall)
                     del pending[name]
             time.sleep(1.0)
@@ -188,7 +188,7 @@ def render_report(grid_spec) -> None:
     from repro.report import build_report
 
     result = build_report([grid_spec.output], grid_spec.output / "report")
-    console.print(f"report written to {result.out} ({result.markdown.name}, {result.html.name})", highlight=False, soft_wrap=True)
+    say(f"report written to {result.out} ({result.markdown.name}, {result.html.name})")
 
 
 # ---------------------------------------------------------------------------------------------- tables

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from repro.console import cli_errors, console
+from repro.console import cli_errors, console, say
 
 
 @cli_errors
@@ -31,13 +31,10 @@ def report(
     from repro.report import build_report
 
     result = build_report(paths or [Path("runs")], out, references=reference or [], include_unfinished=include_unfinished)
-    console.print(
-        f"Report of {result.runs} run(s) in {result.groups} group(s) written to [bold]{result.out}[/]: "
-        f"{result.markdown.name}, {result.html.name} and {len(result.figures)} figure(s).",
-        highlight=False,
-    )
+    say(f"Report of {result.runs} run(s) in {result.groups} group(s) written to [bold]{result.out}[/]: "
+        f"{result.markdown.name}, {result.html.name} and {len(result.figures)} figure(s).")
     if result.missing:
-        console.print(f"[yellow]{len(result.missing)} result(s) are missing[/] (dashes in the tables); to fill them:", highlight=False)
+        say(f"[yellow]{len(result.missing)} result(s) are missing[/] (dashes in the tables); to fill them:")
         for command in dict.fromkeys(item.command for item in result.missing):
-            console.print(f"  {command}", markup=False, highlight=False)
-    console.print(f"Open {result.html}", markup=False, highlight=False)
+            say(f"  {command}", markup=False)
+    say(f"Open {result.html}", markup=False)

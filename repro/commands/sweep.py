@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from repro.console import cli_errors, console
+from repro.console import cli_errors, console, say
 
 # Pareto points shown per criterion on the terminal; sweep.csv has them all.
 MAX_ROWS = 12
@@ -53,11 +53,11 @@ def sweep(
             if len(found) == 1:
                 raise
             # In a folder of runs, a baseline (no early exits) is skipped, not fatal.
-            console.print(f"[yellow]skipped {run.path}:[/] {error}", highlight=False)
+            say(f"[yellow]skipped {run.path}:[/] {error}")
             continue
         console.print(summary_table(run.name, result))
         written = [rundir.SWEEP, rundir.SWEEP_SOURCE] + ([rundir.CALIBRATION] if result.calibration is not None else [])
-        console.print(f"wrote {', '.join(str(run.file(name)) for name in written)}", highlight=False)
+        say(f"wrote {', '.join(str(run.file(name)) for name in written)}")
 
 
 def parse_thresholds(threshold_list: str | None, per_exit: str | None) -> list | None:

@@ -15,7 +15,7 @@ import typer
 from repro.commands.config_options import with_config_options
 from repro.commands.progress import TrainingProgress, make_progress
 from repro.config import RUN
-from repro.console import cli_errors, console
+from repro.console import cli_errors, say
 
 
 @cli_errors
@@ -55,24 +55,24 @@ def train(
     for job in planned:
         config = job.config
         verb = "resuming" if resume is not None else "training"
-        console.print(f"[bold]{verb}[/] {config.model} / {config.method} on {config.dataset} "
-                      f"(recipe {config.recipe}, seed {config.seed}) -> {job.path}", highlight=False, soft_wrap=True)
+        say(f"[bold]{verb}[/] {config.model} / {config.method} on {config.dataset} "
+            f"(recipe {config.recipe}, seed {config.seed}) -> {job.path}")
         hint = cpu_hint(config, torch_device)
         if hint:
-            console.print(hint, style="dim", highlight=False)
+            say(f"[dim]{hint}[/]")
         with make_progress() as bar:
             result = fit(config, job.path, resume=resume is not None, overwrite=overwrite, device=torch_device,
                          compile=compile, progress=TrainingProgress(bar))
         state = result.state
         if result.already_finished:
             how = ", stopped early" if state.stopped_early else ""
-            console.print(f"run {result.run.path} already finished: {state.epoch} of {config.epochs} epochs{how}; "
-                          f"checkpoint.pt holds epoch {state.selected_epoch}; nothing to do", highlight=False, soft_wrap=True)
+            say(f"run {result.run.path} already finished: {state.epoch} of {config.epochs} epochs{how}; "
+                f"checkpoint.pt holds epoch {state.selected_epoch}; nothing to do")
             continue
         selected = next((row for row in state.rows if row["epoch"] == state.selected_epoch), state.rows[-1])
-        console.print(f"[green]done[/] {result.run.path}: checkpoint.pt = epoch {state.selected_epoch} "
-                      f"(val loss {state.selected_val_loss:.4f}, val acc {selected['val_acc_method']:.2%})"
-                      f"{', stopped early' if state.stopped_early else ''}", highlight=False, soft_wrap=True)
+        say(f"[green]done[/] {result.run.path}: checkpoint.pt = epoch {state.selected_epoch} "
+            f"(val loss {state.selected_val_loss:.4f}, val acc {selected['val_acc_method']:.2%})"
+            f"{', stopped early' if state.stopped_early else ''}")
 
 
 def cpu_hint(config, device) -> str | None:
