@@ -421,9 +421,11 @@ def fit(
     config = training.config
     if run is None:
         run = rundir.create_run_dir(path, overwrite=overwrite)
+    # Everything read and checked before anything is written: a refused resume leaves the run as it was.
+    env = _environment_record(run, environment(device, training.dataset.name, training.dataset.fingerprint, config.seed,
+                                               config.precision), resumed=resume)
     artifacts.write_config(run, config)
-    _write_environment(run, environment(device, training.dataset.name, training.dataset.fingerprint, config.seed, config.precision),
-                       resumed=resume)
+    artifacts.write_env(run, env)
     if start.model is not None:
         training.model.load_state_dict(start.model)
         training.optimizer.load_state_dict(start.optimizer)
@@ -588,15 +590,17 @@ def _cpu_state(model: torch.nn.Module) -> dict:
     return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in model.state_dict().items()}
 
 
-def _write_environment(run: rundir.RunDir, env: dict, resumed: bool) -> None:
+def _environment_record(run: rundir.RunDir, env: dict, resumed: bool) -> dict:
+    """env.json's new content: this environment, or, on resume, the first one with this one appended to its
+    `resumed` list, refused when the data set's fingerprint changed."""
     if resumed and run.has(rundir.ENV):
         first = artifacts.read_env(run)
         if first.get("dataset_fingerprint") != env["dataset_fingerprint"]:
             raise ReproError(f"the data set's fingerprint changed since run {run.path} started "
                              f"({first.get('dataset_fingerprint')} -> {env['dataset_fingerprint']}); refusing to resume on other data")
         first.setdefault("resumed", []).append(env)
-        env = first
-    artifacts.write_env(run, env)
+        return first
+    return env
 
 
 def _metrics_row(epoch: int, train: dict, val: dict, costs, lr: float) -> dict:
