@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from repro.report import build_report
+from repro.report.figures import FIGURES
 from test_report import PNG_SIGNATURE, write_fixture_runs
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")) if p and Path(p).is_file()), None)
@@ -48,7 +49,7 @@ def test_dom_shows_the_tables(html_report, tmp_path):
         assert text in dom
     # The run named <script>alert(1) is text in a cell, never an element the browser parsed.
     assert "&lt;script&gt;alert(1)" in dom and "<script" not in dom.lower()
-    assert dom.count('src="data:image/png;base64,') == 4
+    assert dom.count('src="data:image/png;base64,') == len(FIGURES)
 
 
 def test_screenshot_is_kept(html_report, tmp_path):

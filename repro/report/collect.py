@@ -398,7 +398,8 @@ def recipe_overrides(config: dict) -> list[str]:
         return []
     shown_apart = {"seed", "epochs", "subset", "width", "data_dir", "dataset", "exits", "precision", "num_classes",
                    "in_channels", "image_size", "split_seed"}
-    return [key for key, value in config.items() if key not in shown_apart and key in default and default[key] != value]
+    return [key for key, value in config.items()
+            if key not in shown_apart and key in default and value is not None and default[key] != value]
 
 
 @dataclass

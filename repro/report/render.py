@@ -136,7 +136,22 @@ def context(collection: Collection, references: References, inputs, figures: dic
         "figures_absent": [FIGURES[name][0] for name in FIGURES if name not in figures],
         "missing": by_run,
         "files": [rundir.METRICS, rundir.EVAL, rundir.TIMING, rundir.SWEEP, rundir.CALIBRATION],
+        "run_rows": run_rows(collection, inputs),
     }
+
+
+def run_rows(collection: Collection, inputs) -> list[dict]:
+    """The Runs table: every run (finished or not), its folder relative to the report's input when it lies
+    below it (a short path that fits the table), its group, setup, seed and state."""
+    roots = [Path(path).resolve() for path in inputs]
+    rows = []
+    for group in collection.groups:
+        for run in group.members:
+            path = run.run.path.resolve()
+            shown = next((str(path.relative_to(root)) for root in roots if path.is_relative_to(root) and path != root), str(run.run.path))
+            rows.append({"name": run.name, "path": shown, "group": f"{group.model_label} · {group.dataset.label} · {group.label}",
+                         "setup": group.setup, "seed": run.seed, "state": run.state_text, "run": run.run})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- writing
