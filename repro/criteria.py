@@ -94,6 +94,40 @@ def check_thresholds(thresholds, num_early_exits: int) -> torch.Tensor:
     return values
 
 
+# The batch-1 path decides from a score computed in Python floats (exact widenings of the exit's float32
+# logits), which differs from the float64 reference computation by rounding only (~1e-15). When that score
+# lies within this guard of the threshold, the reference computation itself decides, so every decision is
+# the reference's.
+DECISION_GUARD = 1e-9
+
+
+def fires_one(criterion: str, logits: torch.Tensor, threshold: float) -> bool:
+    """Does one sample (logits [1, C]) leave at an exit with this entropy or top-probability threshold?
+    Exactly `fires(criterion, scores(criterion, logits), threshold)`, at a fraction of its cost at batch 1
+    (one tensor operation instead of about ten)."""
+    return decide_one(criterion, logits, threshold) is not None
+
+
+def decide_one(criterion: str, logits: torch.Tensor, threshold: float) -> int | None:
+    """`fires_one`, returning the predicted class (the first top logit, as argmax) when the sample leaves,
+    else None: the batch-1 path's whole decision from one tensor read."""
+    values = logits[0].tolist()
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = math.fsum(exps)
+    if criterion == "maxprob":
+        score = 1.0 / total
+    else:
+        log_total = math.log(total)
+        entropy = -math.fsum(e / total * (v - top - log_total) for e, v in zip(exps, values))
+        score = min(1.0, max(0.0, entropy / math.log(len(values)))) if len(values) > 1 else 0.0
+    if abs(score - threshold) <= DECISION_GUARD:
+        fired = bool(fires(criterion, scores(criterion, logits), threshold).item())
+    else:
+        fired = score <= threshold if criterion == "entropy" else score >= threshold
+    return values.index(top) if fired else None
+
+
 def first_firing_exit(fired: torch.Tensor) -> torch.Tensor:
     """fired [E-1, N] bool -> index of the first early exit that fires per sample, or E-1 (the final exit)."""
     num_early, n = fired.shape

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from repro import criteria
+from repro.criteria import fires, scores
 from repro.errors import ReproError, UnknownNameError
 
 
@@ -85,3 +86,20 @@ def test_a_threshold_just_above_a_float32_score_is_decided_in_float64(criterion)
         threshold = torch.nextafter(score.double(), torch.tensor(2.0, dtype=torch.float64)).item()
     exits, _ = criteria.select_exits(criterion, threshold, logits, gates)
     assert exits.tolist() == ([0] if criterion == "entropy" else [1])
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "maxprob"])
+def test_the_batch1_decision_is_the_reference_one_even_at_ties(criterion):
+    from repro.criteria import fires_one
+
+    generator = torch.Generator().manual_seed(7)
+    for classes in (2, 10, 100):
+        logits = torch.randn(200, classes, generator=generator) * torch.rand(200, 1, generator=generator) * 8
+        exact = scores(criterion, logits)
+        # Thresholds at every sample's own score (a tie: the guard hands it to the reference), just beside
+        # it in either direction, and at random places.
+        for threshold in (*exact[:50].tolist(), *(exact[50:100] + 1e-12).tolist(), *(exact[100:150] - 1e-12).tolist(),
+                          *torch.rand(50, generator=generator, dtype=torch.float64).tolist()):
+            reference = fires(criterion, exact, threshold)
+            for n in range(0, 200, 37):
+                assert fires_one(criterion, logits[n : n + 1], threshold) == bool(reference[n])

@@ -68,9 +68,14 @@ class ExitBranch(nn.Module):
         and the loss can take log g and log(1 - g) as logsigmoid(+-z) without underflow.
         """
         features = self.features(x)
-        gate_logit = self.gate(features.detach() if self.detach_gate_input else features).squeeze(-1)
-        gate_logit = gate_logit.to(torch.promote_types(gate_logit.dtype, torch.float32))
+        gate_logit = self.gate_logit(features)
         return self.classify(features), torch.sigmoid(gate_logit), gate_logit
+
+    def gate_logit(self, features: torch.Tensor) -> torch.Tensor:
+        """The gate's logit [N] from the branch features, in float32 at least (the one definition that
+        training and the skipping inference paths share, so their gates agree bit for bit)."""
+        gate_logit = self.gate(features.detach() if self.detach_gate_input else features).squeeze(-1)
+        return gate_logit.to(torch.promote_types(gate_logit.dtype, torch.float32))
 
 
 def check_exit_positions(model_name: str, exits, num_positions: int, default: tuple[int, ...]) -> tuple[int, ...]:
