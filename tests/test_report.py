@@ -554,3 +554,14 @@ def test_dollar_signs_in_names_are_drawn_literally(tmp_path):
     write_run(runs, "bnet $\\alpha$", config("bnet", 0, dataset="imagefolder", data_dir="/data/$x^$ and $\\frac$"), [0.5, 0.6, 0.7, 0.80])
     result = build_report([runs], tmp_path / "out")
     assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in result.figures)
+
+
+def test_equal_cost_table_chooses_on_validation_and_reads_test(report):
+    from repro.report.tables import equal_cost_table
+
+    (t,) = [t for t in equal_cost_table(report["collection"]) if t.caption == "VGG-13 · CIFAR-10"]
+    # The fixture's sweeps: thresholds 0..3 with costs 0.2, ~0.42 (the front), ~0.62, 1.1 of plain (all
+    # splits alike): at 0.4 x plain only the first point (exit 1's accuracy, 50 %) is affordable, at 0.6
+    # the second (final - 5 points), at 0.8 still the second (the third is cheaper than 0.8 but less accurate).
+    row = t.row("bnet [lr=0.0005]")
+    assert [cell.text for cell in row[3:]] == ["50.00 ± 0.00", "78.00 ± 3.61", "78.00 ± 3.61"]
