@@ -116,6 +116,9 @@ def test_set_overrides_shared_options(tmp_path):
 def test_presets_expand(tmp_path):
     assert len(load_grid("smoke").cells) == 3
     assert len(load_grid("paper").cells) == 3 * 3 * 5 * 3
+    cpu = load_grid("cpu")
+    assert len(cpu.cells) == 2 * 5 + 4 + 2 and cpu.output == Path("results/cpu")
+    assert {cell.name for cell in cpu.cells} >= {"bnet-cifar10-jpeg", "lambda-cost_weight0.3", "full-width-bnet"}
 
 
 # ---------------------------------------------------------------------------------------------- bad input
