@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from repro.commands import data, demo, grid, report, sweep, train
+from repro.commands import data, demo, grid, report, sweep, train, verify
 from repro.console import Command, Group
 from repro.commands import eval as eval_command
 
@@ -31,4 +31,5 @@ app.command("sweep", cls=Command)(sweep.sweep)
 app.command("report", cls=Command)(report.report)
 app.command("grid", cls=Command)(grid.grid)
 app.command("demo", cls=Command)(demo.demo)
+app.command("verify", cls=Command)(verify.verify)
 app.add_typer(data.app, name="data", help="List, inspect, fetch and verify datasets.")

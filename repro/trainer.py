@@ -395,9 +395,13 @@ def fit(
     device: torch.device | str = "cpu",
     compile: bool = False,
     progress: Progress | None = None,
+    stop_after: int | None = None,
 ) -> FitResult:
     """Train `config` into the run directory `path`, writing metrics.csv, train.log, state.json,
     checkpoint.pt (best, or last, weights) and last.pt after every epoch, atomically.
+
+    stop_after: stop once this many epochs are done, as an interruption would (the run stays resumable;
+    the schedule is still the whole run's), which is how `repro verify` retrains a run's first epochs.
 
     resume=False: a new run; the data set is loaded and the model built (so a bad config fails) before the
     directory is created, which refuses an existing one unless `overwrite`. resume=True: continue the run
@@ -435,7 +439,7 @@ def fit(
     start = replace(start, model=None, optimizer=None)
     with _stop_signals() as stop:
         try:
-            state = run_epochs(training, run, start, compile, progress, stop)
+            state = run_epochs(training, run, start, compile, progress, stop, stop_after)
         except KeyboardInterrupt:
             interrupted = artifacts.new_state("interrupted", _epochs_done(run, start), config.epochs)
             artifacts.write_state(run, interrupted)
@@ -451,13 +455,14 @@ def fit(
 
 
 def run_epochs(training: Training, run: rundir.RunDir, state: TrainingState, compile: bool = False,
-               progress: Progress | None = None, stop=None) -> TrainingState:
-    """Train from `state` (epochs done, early-stopping counters) to the end of the run; returns the final state."""
+               progress: Progress | None = None, stop=None, stop_after: int | None = None) -> TrainingState:
+    """Train from `state` (epochs done, early-stopping counters) to the end of the run (or to `stop_after`
+    epochs); returns the final state."""
     config, model = training.config, training.model
     runner = torch.compile(model) if compile else model
     stop = stop or _StopSignals()
     artifacts.write_state(run, artifacts.new_state("running", state.epoch, config.epochs))
-    for epoch in range(state.epoch, config.epochs):
+    for epoch in range(state.epoch, min(config.epochs, stop_after or config.epochs)):
         torch.manual_seed(epoch_seed(config.seed, epoch))
         training.train_loader.set_epoch(epoch)
         method = training.method.for_epoch(epoch)
@@ -498,6 +503,10 @@ def run_epochs(training: Training, run: rundir.RunDir, state: TrainingState, com
             progress.end_epoch(row)
         if state.finished:
             break
+    if not state.finished:  # stopped after `stop_after` epochs: resumable, like an interrupted run
+        artifacts.write_state(run, artifacts.new_state("interrupted", state.epoch, config.epochs))
+        rundir.append_log(run, f"stopped after epoch {state.epoch} as asked; resume with `repro train --resume {run.path}`")
+        return state
     if state.stopped_early:
         rundir.append_log(run, f"early stop: no lower validation loss for {config.patience} epochs; best epoch {state.best_epoch}")
     rundir.append_log(run, f"finished: checkpoint.pt holds epoch {state.selected_epoch} (val loss {state.selected_val_loss:.4f})")

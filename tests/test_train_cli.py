@@ -184,3 +184,23 @@ def test_help_and_messages_wrap_at_spaces_never_inside_a_path(tmp_path, monkeypa
     say(f"Report written to {path} and a few more words here", out=out)
     lines = out.export_text().splitlines()
     assert path in lines and all(len(line) <= 40 for line in lines if line != path)
+
+
+def test_verify_retrains_the_first_epochs_and_compares(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--method", "bnet", "--width", "0.125", "--epochs", "3", "--subset", "120", "--batch-size", "40",
+            "--batch-norm", "--classifier", "linear", "--head", "pool", "--precision", "fp32", "--device", "cpu", "--run-dir", run]
+    assert invoke(args, tmp_path).exit_code == 0
+    # A committed run has no checkpoints: verify reads config.json and metrics.csv alone.
+    for name in ("checkpoint.pt", "last.pt"):
+        (run / name).unlink(missing_ok=True)
+    ok = invoke(["verify", run, "--epochs", "2", "--device", "cpu"], tmp_path)
+    assert ok.exit_code == 0, ok.output
+    assert "reproduced" in " ".join(ok.output.split()) and "val_acc_exit0" in ok.output
+    # A committed number changed by hand is found.
+    rows = rundir.read_csv(run / "metrics.csv")
+    rows[1]["val_loss"] = str(float(rows[1]["val_loss"]) + 0.01)
+    rundir.write_csv(run / "metrics.csv", rows)
+    bad = invoke(["verify", run, "--epochs", "2", "--device", "cpu"], tmp_path)
+    assert bad.exit_code == 1 and "did not reproduce" in " ".join(bad.output.split())
+    assert sorted(p.name for p in run.iterdir()) == sorted(["config.json", "env.json", "state.json", "metrics.csv", "train.log"])
