@@ -241,3 +241,18 @@ def test_ceil_mode_pooling_keeps_28x28_maps():
     # a pool after every second conv, odd sizes rounded up: 28 -> 14 -> 7 -> 4 -> 2 -> 1
     assert sizes == [28, 14, 14, 7, 7, 4, 4, 2, 2, 1]
     assert model.classifier[2].in_features == 64  # 512 x 1/8 channels x 1 x 1
+
+
+@pytest.mark.parametrize("size", [32, 16, 7, 5, 1])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_fast_inference_pool_gives_max_pool2d_exactly(size, channels_last):
+    import torch.nn.functional as F
+
+    from repro.models.layers import MaxPool2x2
+
+    x = torch.relu(torch.randn(3, 8, size, size + 1))  # odd widths too; ReLU makes ties (zeros) common
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    expected = F.max_pool2d(x, 2, ceil_mode=True)
+    with torch.no_grad():
+        assert torch.equal(MaxPool2x2()(x), expected)
+    assert torch.equal(MaxPool2x2()(x), expected)  # with gradients: max_pool2d itself

@@ -20,6 +20,7 @@ from torch import nn
 
 from repro.errors import ReproError, check_name
 from repro.models.costs import ExitCosts, measure_costs
+from repro.models.layers import MaxPool2x2
 
 HEADS = ("conv", "pool")
 BRANCH_CHANNELS = 128  # the report's branch convolution width (scaled by the model's width option)
@@ -48,7 +49,7 @@ class ExitBranch(nn.Module):
             self.features = nn.Sequential(
                 nn.Conv2d(in_channels, channels, 3, padding=1),
                 nn.ReLU(inplace=True),
-                nn.MaxPool2d(2, ceil_mode=True),
+                MaxPool2x2(),
                 nn.Flatten(),
             )
             num_features = channels * math.ceil(height / 2) * math.ceil(width / 2)
