@@ -147,34 +147,33 @@ def parse_grid(data: dict, label: str, overrides: dict) -> Grid:
 def _options(values, where: str) -> dict:
     if not isinstance(values, dict):
         raise ReproError(f"{where} must be a table of option = value")
-    valid = option_names()
     for key, value in values.items():
-        if key not in valid:
-            raise ReproError(f"{where}: unknown option {key!r}; valid: {', '.join(valid)}", exit_code=2)
-        try:
-            check_value(key, value)
-        except ReproError as error:
-            raise ReproError(f"{where}: {error}") from None
+        _check_option(key, value, where, "option")
     return dict(values)
 
 
 def _axes(values, where: str) -> dict:
     if not isinstance(values, dict):
         raise ReproError(f"{where} must be a table of option = [values]")
-    valid = option_names()
     for key, items in values.items():
-        if key not in valid:
-            raise ReproError(f"{where}: unknown axis {key!r}; valid: {', '.join(valid)}", exit_code=2)
         if not isinstance(items, list):
             raise ReproError(f"{where}: axis {key} must be a list of values, e.g. {key} = [{items!r}]")
         if not items:
             raise ReproError(f"{where}: axis {key} is empty; give at least one value")
         for item in items:
-            try:
-                check_value(key, item)
-            except ReproError as error:
-                raise ReproError(f"{where}: axis {key}: {error}") from None
+            _check_option(key, item, where, "axis")
     return dict(values)
+
+
+def _check_option(key: str, value, where: str, what: str) -> None:
+    """A TrainConfig option name with a value of its type, or one line naming where the grid says otherwise."""
+    valid = option_names()
+    if key not in valid:
+        raise ReproError(f"{where}: unknown {what} {key!r}; valid: {', '.join(valid)}", exit_code=2)
+    try:
+        check_value(key, value)
+    except ReproError as error:
+        raise ReproError(f"{where}: {what} {key}: {error}" if what == "axis" else f"{where}: {error}") from None
 
 
 def _steps(values, label: str) -> Steps:
