@@ -222,6 +222,11 @@ class RunState:
             return f"running (epoch {self.epoch}/{self.epochs} done)"
         return f"interrupted at epoch {self.epoch}/{self.epochs}"
 
+    def trained_here_now(self) -> bool:
+        """Whether another live process on this machine is training the run right now."""
+        return (self.status == "running" and self.host == socket.gethostname() and self.pid is not None
+                and self.pid != os.getpid() and _alive(self.pid))
+
     def current_status(self) -> str:
         """The status, with a "running" run whose process is gone (on this host) read as interrupted."""
         if self.status == "running" and self.host == socket.gethostname() and self.pid is not None and not _alive(self.pid):
@@ -233,7 +238,8 @@ class RunState:
         return self.status == "finished"
 
 
-STATE_SCHEMA = {"status": str, "epoch": int, "epochs": int, "stopped_early": bool, "error": (str, None)}
+STATE_SCHEMA = {"status": str, "epoch": int, "epochs": int, "stopped_early": bool, "error": (str, None),
+                "pid": (int, None), "host": (str, None)}
 
 
 def _alive(pid: int) -> bool:
@@ -264,6 +270,8 @@ def read_state(run: RunDir) -> RunState:
     data = _read_json_checked(run, STATE, STATE_SCHEMA, f"resume it with `repro train --resume {run.path}`")
     if data["status"] not in RUN_STATUSES:
         raise DamagedFile(run, STATE, f"status {data['status']!r} is not one of {', '.join(RUN_STATUSES)}")
+    if not 0 <= data["epoch"] <= data["epochs"]:
+        raise DamagedFile(run, STATE, f"epoch {data['epoch']} is not between 0 and epochs ({data['epochs']})")
     known = {f.name for f in fields(RunState)}
     return RunState(**{k: v for k, v in data.items() if k in known})
 

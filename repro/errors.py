@@ -13,6 +13,11 @@ class ReproError(ValueError):
         super().__init__(message)
         self.exit_code = exit_code
 
+    def __reduce__(self):
+        # Subclasses take other constructor arguments; across a process boundary (a grid's worker, a SLURM
+        # job) the message and exit code are what matter, so every one travels as a plain ReproError.
+        return ReproError, (str(self), self.exit_code)
+
 
 class UnknownNameError(ReproError):
     """An unknown model, method, dataset, recipe or criterion: a usage error (exit code 2)."""

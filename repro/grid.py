@@ -124,6 +124,9 @@ def parse_grid(data: dict, label: str, overrides: dict) -> Grid:
     name = data.get("name") or Path(label).stem
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise ReproError(f"{label}: name must be letters, digits, - and _, got {name!r}")
+    for key, kind in (("description", str), ("output", str), ("report", bool)):
+        if key in data and not isinstance(data[key], kind):
+            raise ReproError(f"{label}: {key} must be {'text' if kind is str else 'true or false'}, got {data[key]!r}")
     shared = {**_options(data.get("options", {}), f"{label} [options]"), **_options(overrides, "--set")}
     blocks = []
     if "axes" in data:
@@ -138,6 +141,11 @@ def parse_grid(data: dict, label: str, overrides: dict) -> Grid:
         blocks.append((block_name, _options(block.get("options", {}), where), _axes(block.get("axes", {}), where)))
     if not blocks:
         raise ReproError(f"{label} has no [axes] and no [[blocks]]: nothing to run")
+    # --set changes a shared option; one that a block or an axis sets would be silently overridden there.
+    for key in overrides:
+        if any(key in options or key in axes for _, options, axes in blocks):
+            raise ReproError(f"--set {key}: the grid sets {key} in a block or an axis, which would override it; "
+                             "edit the grid file instead", exit_code=2)
     output = Path(data.get("output") or Path("runs") / "grid" / name)
     cells = expand(blocks, shared, output, label)
     return Grid(name, str(data.get("description", "")), label, output, bool(data.get("report", True)),
@@ -179,15 +187,19 @@ def _check_option(key: str, value, where: str, what: str) -> None:
 def _steps(values, label: str) -> Steps:
     if not isinstance(values, dict) or set(values) - STEP_KEYS:
         raise ReproError(f"{label} [steps]: keys are {', '.join(sorted(STEP_KEYS))}")
+    for key in ("eval", "timing"):
+        if key in values and not isinstance(values[key], bool):
+            raise ReproError(f"{label} [steps]: {key} must be true or false, got {values[key]!r}")
     sweep = values.get("sweep", {"max_drop": 1.0})
     if sweep is False:
         sweep = None
     if sweep is not None:
         from repro.sweep import check_target
 
-        if not isinstance(sweep, dict) or len(sweep) > 1 or set(sweep) - {"max_drop", "budget"}:
-            raise ReproError(f"{label} [steps]: sweep is {{ max_drop = D }}, {{ budget = F }}, {{}} (no calibration) or false")
-        check_target(sweep.get("max_drop"), sweep.get("budget"))
+        if (not isinstance(sweep, dict) or len(sweep) > 1 or set(sweep) - {"max_drop", "budget"}
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sweep.values())):
+            raise ReproError(f"{label} [steps]: sweep is {{ max_drop = D }}, {{ budget = F }} (numbers), {{}} (no calibration) or false")
+        sweep = check_target(sweep.get("max_drop"), sweep.get("budget")) or {}
     timing_images = values.get("timing_images", 1000)
     if isinstance(timing_images, bool) or not isinstance(timing_images, int) or timing_images < 1:
         raise ReproError(f"{label} [steps]: timing_images must be a positive integer, got {timing_images!r}")
@@ -200,6 +212,11 @@ def _steps(values, label: str) -> Steps:
 def _slurm(values, label: str) -> dict:
     if not isinstance(values, dict) or set(values) - SLURM_KEYS:
         raise ReproError(f"{label} [slurm]: keys are {', '.join(sorted(SLURM_KEYS))}")
+    kinds = {"partition": str, "gpus_per_job": int, "cpus_per_job": int, "time": int, "mem": (int, float)}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, kinds[key]):
+            raise ReproError(f"{label} [slurm]: {key} must be {'text' if key == 'partition' else 'a number'}, got {value!r}"
+                             + (" (minutes)" if key == "time" else " (GB)" if key == "mem" else ""))
     return dict(values)
 
 
@@ -229,7 +246,7 @@ def expand(blocks: list[tuple[str | None, dict, dict]], shared: dict, output: Pa
         return options[key] if key in options else recipe_default(key, options.get("recipe", "report"))
 
     unnamed = [item for item in resolved if item[2] is None]
-    varying = [key for key in option_names() if len({_key(given(o, key)) for o, *_ in unnamed}) > 1]
+    varying = [key for key in option_names() if len({repr(given(o, key)) for o, *_ in unnamed}) > 1]
     ordered = [k for k in NAME_ORDER if k in varying] + [k for k in varying if k not in NAME_ORDER and k != "seed"]
     if "seed" in varying:
         ordered.append("seed")
@@ -247,10 +264,6 @@ def expand(blocks: list[tuple[str | None, dict, dict]], shared: dict, output: Pa
         seen[name] = config
         cells.append(Cell(name, options, config, output / name))
     return cells
-
-
-def _key(value) -> str:
-    return repr(value)
 
 
 def cell_name(options: dict, keys: list[str]) -> str:

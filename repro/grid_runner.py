@@ -37,7 +37,7 @@ FILLED_IN = ("data_dir", "num_classes", "in_channels", "image_size")
 @dataclass
 class CellPlan:
     cell: Cell
-    train: str | None  # "new" | "resume" | None (trained)
+    train: str | None  # "new" | "resume" | None (no training: finished, or the cell cannot run, see error)
     steps: list[str]  # what runs: "train", "eval", "sweep", "timing"
     note: str = ""  # e.g. "resume after epoch 3/30"
     error: str | None = None  # the cell cannot run (its folder holds another run)
@@ -50,11 +50,19 @@ class CellPlan:
 @dataclass
 class CellOutcome:
     name: str
-    status: str  # "done" (nothing to do) | "ran" | "failed" | "interrupted"
+    status: str  # "done" (nothing to do) | "ran" | "failed"
     seconds: float = 0.0
     error: str | None = None
     steps: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)  # headline numbers: final exit, operating point, speed-up
+
+    def then(self, later: "CellOutcome") -> "CellOutcome":
+        """This outcome followed by a later step's (the timing after the training): steps and time add up."""
+        if later.status == "done":
+            return self
+        status = "failed" if "failed" in (self.status, later.status) else "ran"
+        return CellOutcome(self.name, status, self.seconds + later.seconds, self.error or later.error,
+                           self.steps + later.steps, later.summary or self.summary)
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -89,12 +97,22 @@ def plan_cell(cell: Cell, steps: Steps) -> CellPlan:
                                                 "remove it, or give the grid another output folder")
     status = state.current_status()
     if status == "running":
-        return CellPlan(cell, None, [], error=f"{cell.path} is being trained by process {state.pid} on {state.host}")
+        return CellPlan(cell, None, [], error=f"{cell.path} is being trained by process {state.pid} on {state.host}; "
+                                                f"if that process is gone, resume it with `repro train --resume {cell.path}`")
     if status != "finished":
         if run.has(rundir.LAST):
             return CellPlan(cell, "resume", ["train", *wanted], f"resume after epoch {state.epoch}/{state.epochs}")
         return CellPlan(cell, "new", ["train", *wanted], f"restart ({state.describe()}, nothing to resume from)")
-    return CellPlan(cell, None, [step for step in wanted if not _current(run, step, steps)], state.describe())
+    note = state.describe()
+    if cell.config.precision == "auto":
+        from repro.trainer import resolve_precision
+
+        import torch
+
+        here = resolve_precision("auto", torch.device("cpu"))
+        if saved.precision != here:
+            note += f"; trained in {saved.precision}, auto would be {here} on this machine's CPU"
+    return CellPlan(cell, None, [step for step in wanted if not _current(run, step, steps)], note)
 
 
 def _current(run: rundir.RunDir, step: str, steps: Steps) -> bool:
@@ -119,11 +137,13 @@ def run_cell(cell: Cell, steps: Steps, device: str = "cpu", progress=None, threa
     resumable."""
     import torch
 
+    from repro.environment import select_device
     from repro.steps import evaluate_run, sweep_run
-    from repro.trainer import TrainingInterrupted, fit
+    from repro.trainer import TrainingInterrupted, fit, resume_config
 
     if threads is not None:
         torch.set_num_threads(threads)
+    device = str(select_device(device))  # here, where the cell runs (a SLURM job's node, not the login node)
     start = time.perf_counter()
     plan = plan_cell(cell, steps)
     if plan.error:
@@ -134,8 +154,8 @@ def run_cell(cell: Cell, steps: Steps, device: str = "cpu", progress=None, threa
     try:
         if plan.train is not None:
             config = cell.config
-            if plan.train == "resume":
-                config = replace(artifacts.read_config(rundir.RunDir(cell.path)), data_dir=cell.config.data_dir)
+            if plan.train == "resume":  # the run's own config, with the data where the grid says it is now
+                _, config = resume_config(cell.path, {"data_dir": cell.config.data_dir})
             fit(config, cell.path, resume=plan.train == "resume", overwrite=plan.train == "new", device=device, progress=progress)
         run = rundir.RunDir(cell.path)
         if "eval" in todo:
@@ -152,13 +172,19 @@ def run_cell(cell: Cell, steps: Steps, device: str = "cpu", progress=None, threa
 
 
 def time_cell(cell: Cell, steps: Steps, device: str = "cpu") -> CellOutcome:
+    """`repro eval --timing` of a cell that needs it (a "done" outcome when it does not)."""
+    from repro.environment import select_device
     from repro.steps import time_run
 
+    if "timing" not in plan_cell(cell, steps).steps:
+        return CellOutcome(cell.name, "done")
     start = time.perf_counter()
     try:
-        time_run(rundir.RunDir(cell.path), n_images=steps.timing_images, device=device)
+        time_run(rundir.RunDir(cell.path), n_images=steps.timing_images, device=str(select_device(device)))
     except ReproError as error:
         return CellOutcome(cell.name, "failed", time.perf_counter() - start, str(error), ["timing"])
+    except Exception as error:  # as in run_cell: one cell's bug is that cell's failure, not the grid's end
+        return CellOutcome(cell.name, "failed", time.perf_counter() - start, f"{type(error).__name__}: {error_reason(error)}", ["timing"])
     return CellOutcome(cell.name, "ran", time.perf_counter() - start, steps=["timing"], summary=headline(cell))
 
 
@@ -166,11 +192,8 @@ def run_cell_job(cell: Cell, steps: Steps, device: str, threads: int | None, tim
     """The function a worker process or a SLURM job runs (top level, so it pickles). A SLURM job also times
     its cell (`timing`): it has its node to itself, while a local worker shares the machine."""
     outcome = run_cell(cell, steps, device, None, threads)
-    if timing and outcome.status != "failed" and "timing" in plan_cell(cell, steps).steps:
-        timed = time_cell(cell, steps, device)
-        outcome.steps += timed.steps
-        outcome.seconds += timed.seconds
-        outcome.status, outcome.error, outcome.summary = ("failed", timed.error, outcome.summary) if timed.error else ("ran", None, timed.summary)
+    if timing and outcome.status != "failed":
+        outcome = outcome.then(time_cell(cell, steps, device))
     return outcome
 
 
@@ -206,13 +229,19 @@ def run_local_parallel(cells: list[Cell], steps: Steps, device: str, jobs: int, 
     import concurrent.futures
     import multiprocessing
 
+    from concurrent.futures.process import BrokenProcessPool
+
     outcomes = []
     threads = threads_per_job(jobs)
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_cell_job, cell, steps, device, threads) for cell in cells]
+        futures = {pool.submit(run_cell_job, cell, steps, device, threads): cell for cell in cells}
         try:
             for future in concurrent.futures.as_completed(futures):
-                outcome = future.result()
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:  # a worker was killed (out of memory, a signal): its cell and the queued ones
+                    outcome = CellOutcome(futures[future].name, "failed",
+                                          error="its worker process died (killed, or out of memory); run the grid again to resume it")
                 outcomes.append(outcome)
                 on_done(outcome)
         except KeyboardInterrupt:
@@ -245,7 +274,7 @@ def submitit_module():
     return submitit
 
 
-def make_executor(folder: Path, parameters: dict, cluster: str | None = None, jobs: int | None = None):
+def make_executor(folder: Path, parameters: dict, cluster: str | None = None, jobs: int | None = None, exclusive: bool = False):
     """A submitit executor writing its pickles and logs to `folder` (inside the grid's output). cluster
     None = SLURM; "local" runs real jobs as local processes (what the tests use)."""
     submitit = submitit_module()
@@ -258,6 +287,8 @@ def make_executor(folder: Path, parameters: dict, cluster: str | None = None, jo
         executor.update_parameters(**{f"slurm_{key}": value for key, value in parameters.items()})
         if jobs is not None:
             executor.update_parameters(slurm_array_parallelism=jobs)
+        if exclusive:  # a job that times its cell must have its node to itself, or latency measures its neighbours
+            executor.update_parameters(slurm_exclusive=True)
     return executor
 
 

@@ -278,7 +278,7 @@ class SoftOutputMethod(Method):
     joint_weight: float = 0.0  # w of w * sum_b CE(f_b)
     joint_warmup: int = 0  # epochs trained on the per-exit CE alone, sum_b CE(f_b), before this loss
     final_weight: float = 0.0  # weight of the final exit's own CE, added to the loss
-    warming_up: ClassVar[bool] = False  # set on the copy `for_epoch` returns during the warm-up
+    warming_up = False  # not a field (no option): set on the copy `for_epoch` returns during the warm-up
 
     def loss_phase(self, epoch: int) -> int:
         return 0 if epoch < self.joint_warmup else 1

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shlex
 import signal
 import threading
@@ -418,30 +419,41 @@ def fit(
         run_state = artifacts.read_state(run)
         if run_state.finished:
             return FitResult(run, config, _finished_state(run, run_state), already_finished=True)
+        if run_state.trained_here_now():
+            raise ReproError(f"run {run.path} is being trained by process {run_state.pid} on this machine; "
+                             "stop that process first (a second one would write the same files)")
         if run.has(rundir.LAST):
             start = artifacts.read_training_state(run)
 
     training = prepare(config, device)
     config = training.config
+    # Everything read and checked before anything is written: a refused resume leaves the run as it was.
+    if start.model is not None:
+        try:
+            training.model.load_state_dict(start.model)
+            training.optimizer.load_state_dict(start.optimizer)
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            from repro.errors import error_reason
+
+            raise artifacts.DamagedFile(rundir.RunDir(path), rundir.LAST, f"it does not fit the model or optimizer its "
+                                        f"config describes ({error_reason(error)})", artifacts.fix_command(rundir.RunDir(path), rundir.LAST)) from None
     if run is None:
         run = rundir.create_run_dir(path, overwrite=overwrite)
-    # Everything read and checked before anything is written: a refused resume leaves the run as it was.
     env = _environment_record(run, environment(device, training.dataset.name, training.dataset.fingerprint, config.seed,
                                                config.precision), resumed=resume)
     artifacts.write_config(run, config)
     artifacts.write_env(run, env)
-    if start.model is not None:
-        training.model.load_state_dict(start.model)
-        training.optimizer.load_state_dict(start.optimizer)
-        rundir.append_log(run, f"resumed after epoch {start.epoch}")
-    else:
-        rundir.append_log(run, f"config {config.to_dict()}")
+    rundir.append_log(run, f"resumed after epoch {start.epoch}" if start.model is not None else f"config {config.to_dict()}")
     start = replace(start, model=None, optimizer=None)
     with _stop_signals() as stop:
+        stop.epochs_done = start.epoch
         try:
             state = run_epochs(training, run, start, compile, progress, stop, stop_after)
         except KeyboardInterrupt:
-            interrupted = artifacts.new_state("interrupted", _epochs_done(run, start), config.epochs)
+            current = artifacts.read_state(run)
+            if current.finished:  # the signal came while the last epoch's files were written: the run is done
+                return FitResult(run, config, _finished_state(run, current))
+            interrupted = artifacts.new_state("interrupted", stop.epochs_done, config.epochs)
             artifacts.write_state(run, interrupted)
             rundir.append_log(run, f"interrupted ({stop.signal_name}) during epoch {interrupted.epoch + 1}")
             raise TrainingInterrupted(run, interrupted, stop.signal_name) from None
@@ -449,7 +461,7 @@ def fit(
             from repro.errors import error_reason
 
             reason = str(error) if isinstance(error, ReproError) else f"{type(error).__name__}: {error_reason(error)}"
-            artifacts.write_state(run, artifacts.new_state("failed", _epochs_done(run, start), config.epochs, error=reason))
+            artifacts.write_state(run, artifacts.new_state("failed", stop.epochs_done, config.epochs, error=reason))
             raise
     return FitResult(run, config, state)
 
@@ -499,6 +511,7 @@ def run_epochs(training: Training, run: rundir.RunDir, state: TrainingState, com
             artifacts.write_training_state(run, replace(state, model=_cpu_state(model), optimizer=training.optimizer.state_dict()))
             status = "finished" if state.finished else "running"
             artifacts.write_state(run, artifacts.new_state(status, epoch + 1, config.epochs, state.stopped_early))
+            stop.epochs_done = epoch + 1
         if progress is not None:
             progress.end_epoch(row)
         if state.finished:
@@ -507,6 +520,9 @@ def run_epochs(training: Training, run: rundir.RunDir, state: TrainingState, com
         artifacts.write_state(run, artifacts.new_state("interrupted", state.epoch, config.epochs))
         rundir.append_log(run, f"stopped after epoch {state.epoch} as asked; resume with `repro train --resume {run.path}`")
         return state
+    # Finished (also when a resume found last.pt already at the end: a process killed between writing it and
+    # state.json): say so before last.pt goes, so a finished run is never mistaken for one to restart.
+    artifacts.write_state(run, artifacts.new_state("finished", state.epoch, config.epochs, state.stopped_early))
     if state.stopped_early:
         rundir.append_log(run, f"early stop: no lower validation loss for {config.patience} epochs; best epoch {state.best_epoch}")
     rundir.append_log(run, f"finished: checkpoint.pt holds epoch {state.selected_epoch} (val loss {state.selected_val_loss:.4f})")
@@ -529,14 +545,6 @@ def _next_state(state: TrainingState, config: TrainConfig, epoch: int, val_loss:
     return state
 
 
-def _epochs_done(run: rundir.RunDir, start: TrainingState) -> int:
-    """Epochs completed, as the files on disk say (the epoch in progress when a run stopped does not count)."""
-    try:
-        return artifacts.read_training_state(run).epoch if run.has(rundir.LAST) else start.epoch
-    except ReproError:
-        return start.epoch
-
-
 def _finished_state(run: rundir.RunDir, run_state: artifacts.RunState) -> TrainingState:
     """The counters of a finished run, from its metrics.csv and checkpoint (its last.pt is gone)."""
     rows = artifacts.read_metrics(run) if run.has(rundir.METRICS) else []
@@ -555,6 +563,7 @@ class _StopSignals:
 
     def __init__(self):
         self.signal_name = "interrupted"
+        self.epochs_done = 0  # what the files on disk hold (the epoch in progress when a signal comes does not count)
         self._deferring = False
         self._pending = False
 

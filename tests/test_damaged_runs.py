@@ -174,20 +174,23 @@ def test_damaged_eval_json(good_run, tmp_path, damage):
 # ---------------------------------------------------------------------------------------------- last.pt, state.json, env.json
 
 
-@pytest.fixture
-def unfinished_run(good_run, tmp_path) -> Path:
-    """The good run, as if killed in its (second) epoch: state.json interrupted, a last.pt of epoch 1."""
-    path = copy_of(good_run, tmp_path)
-    checkpoint = torch.load(path / rundir.CHECKPOINT, weights_only=True)
-    config = json.loads((path / rundir.CONFIG).read_text())
-    damage_json(path / rundir.CONFIG, lambda d: {**d, "epochs": 2})
-    save(path / rundir.CHECKPOINT, {**checkpoint, "config": {**config, "epochs": 2}})
-    rows = rundir.read_csv(path / rundir.METRICS)
-    save(path / rundir.LAST, {"epoch": 1, "best_val_loss": 1.0, "best_epoch": 1, "bad_epochs": 0, "selected_epoch": 1,
-                              "selected_val_loss": 1.0, "rows": rows, "finished": False, "stopped_early": False,
-                              "model": checkpoint["model"], "optimizer": {"state": {}, "param_groups": []}})
-    rundir.write_json(path / rundir.STATE, {"status": "interrupted", "epoch": 1, "epochs": 2, "stopped_early": False, "error": None})
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory) -> Path:
+    """A tiny 2-epoch run stopped after its first epoch, as if killed in its second: a real last.pt."""
+    from repro.config import TrainConfig
+    from repro.trainer import fit
+
+    config = TrainConfig.from_recipe("report", method="bnet", dataset="synthetic", subset=150, epochs=2, batch_size=50,
+                                     width=0.125, batch_norm=True, classifier="linear", head="pool", precision="fp32")
+    path = tmp_path_factory.mktemp("interrupted") / "run"
+    fit(config, path, stop_after=1)
+    assert json.loads((path / rundir.STATE).read_text())["status"] == "interrupted"
     return path
+
+
+@pytest.fixture
+def unfinished_run(interrupted_run, tmp_path) -> Path:
+    return copy_of(interrupted_run, tmp_path)
 
 
 LAST_DAMAGE = {
@@ -195,6 +198,9 @@ LAST_DAMAGE = {
     "a list": lambda p: save(p, [1]),
     "no optimizer": lambda p: save(p, {k: v for k, v in torch.load(p, weights_only=True).items() if k != "optimizer"}),
     "a string epoch": lambda p: save(p, {**torch.load(p, weights_only=True), "epoch": "1"}),
+    "an optimizer state of another model": lambda p: save(p, {**torch.load(p, weights_only=True),
+                                                           "optimizer": {"state": {}, "param_groups": []}}),
+    "weights of another model": lambda p: save(p, {**torch.load(p, weights_only=True), "model": {"w": torch.zeros(2)}}),
 }
 
 
@@ -250,3 +256,16 @@ def test_the_report_lists_a_damaged_file_as_missing_and_goes_on(good_run, tmp_pa
     assert "unreadable" in item.why and "damaged" in item.why
     result = runner.invoke(app, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0 and "Traceback" not in result.output
+
+
+def test_a_run_killed_after_its_last_epoch_was_saved_finishes_on_resume(unfinished_run):
+    """last.pt says the run is over, state.json still "interrupted" (killed between the two writes): resuming
+    records it as finished and drops last.pt, so it is never restarted from scratch."""
+    last = torch.load(unfinished_run / rundir.LAST, weights_only=True)
+    rows = last["rows"] + [{**last["rows"][0], "epoch": 2}]
+    save(unfinished_run / rundir.LAST, {**last, "epoch": 2, "rows": rows, "finished": True})
+    result = runner.invoke(app, ["train", "--resume", str(unfinished_run)])
+    assert result.exit_code == 0, result.output
+    state = json.loads((unfinished_run / rundir.STATE).read_text())
+    assert (state["status"], state["epoch"]) == ("finished", 2) and not (unfinished_run / rundir.LAST).exists()
+

@@ -135,6 +135,10 @@ def test_presets_expand(tmp_path):
     ("[axes]\nmethod = [\"bnet\"]\n[[blocks]]\noptions = { lr = 5e-4 }\naxes = { method = [\"bnet\"] }\n", 1,
      "two cells would share the run directory vgg13-bnet-synthetic-seed0"),
     ("name = \"x\"\n", 1, "has no [axes]"),
+    ("report = \"false\"\n[axes]\nmethod = [\"bnet\"]\n", 1, "report must be true or false"),
+    ("[axes]\nmethod = [\"bnet\"]\n[steps]\nsweep = { max_drop = \"1\" }\n", 1, "sweep is { max_drop = D }"),
+    ("[axes]\nmethod = [\"bnet\"]\n[slurm]\nmem = \"16G\"\n", 1, "mem must be a number"),
+    ("[axes]\nmethod = [\"bnet\"]\n[steps]\ntiming = \"no\"\n", 1, "timing must be true or false"),
 ])
 def test_bad_grid_files_are_one_line(tmp_path, body, exit_code, message):
     path = tmp_path / "bad.toml"
@@ -154,6 +158,8 @@ def test_bad_command_lines_are_one_line(tmp_path, monkeypatch):
     assert "--set takes KEY=VALUE" in error_line(invoke(grid, "--set", "width"))
     assert "--width must be a number" in error_line(invoke(grid, "--set", "width=wide"))
     assert "matches no cell" in error_line(invoke(grid, "--only", "resnet*"))
+    # --set of an option that an axis (or a block) sets would be silently overridden: refused.
+    assert "--set method: the grid sets method in a block or an axis" in error_line(invoke(grid, "--set", "method=proposed"), 2)
     assert "unknown executor 'k8s'" in error_line(invoke(grid, "--executor", "k8s"), 2)
     import builtins
 
@@ -297,14 +303,27 @@ def test_submitit_local_executor_runs_real_jobs(tmp_path):
     assert list((tmp_path / "out" / ".submitit").glob("*_log.out"))  # submitit's logs stay inside the grid's output
 
 
-def test_slurm_parameters_reach_the_sbatch_script(tmp_path):
-    pytest.importorskip("submitit")
-    from submitit.slurm.slurm import _make_sbatch_string
+def test_slurm_parameters_reach_the_sbatch_script(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    from repro.grid_runner import make_executor, slurm_parameters
 
-    from repro.grid_runner import slurm_parameters
-
+    # No SLURM here: tell submitit that srun exists, build the executor as `repro grid --executor slurm`
+    # does, and read the sbatch script it would submit (nothing is submitted).
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
     parameters = slurm_parameters({"partition": "gpu", "gpus_per_job": 1, "cpus_per_job": 8, "time": 90, "mem": 16.0})
-    script = _make_sbatch_string(command="python -m repro", folder=tmp_path, **parameters)
+    executor = make_executor(tmp_path, parameters, jobs=4, exclusive=True)
+    script = executor._executor._make_submission_file_text("python -m repro", "uid").splitlines()
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8",
-                 "#SBATCH --time=90", "#SBATCH --mem=16GB"):
-        assert line in script.splitlines(), line
+                 "#SBATCH --time=90", "#SBATCH --mem=16GB", "#SBATCH --exclusive", "#SBATCH --job-name=repro-grid"):
+        assert line in script, line
+
+
+def test_errors_cross_process_boundaries():
+    import pickle
+
+    from repro.errors import UnknownNameError
+    from repro.trainer import NonFiniteLoss
+
+    for error in (UnknownNameError("model", "vgg99", ["vgg13"]), NonFiniteLoss(3, float("nan"))):
+        copy = pickle.loads(pickle.dumps(error))
+        assert str(copy) == str(error) and copy.exit_code == error.exit_code

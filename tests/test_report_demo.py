@@ -34,6 +34,6 @@ def test_small_demo_reports_what_the_runs_hold(tmp_path):
         (t2,) = [t for t in table2(collect([tmp_path / "runs"]), load_references()) if t.caption == "VGG-13 · synthetic"]
         assert t2.cell(method, "Latency (ms)").text.startswith(f"{timing['batch1']['early_exit']['median_ms']:.3f}")
     assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in result.report.figures)
-    assert len(result.report.figures) == 4
+    assert len(result.report.figures) == 5  # routing too: proposed mixes a soft output
     html = result.report.html.read_text()
     assert "Table 1: test accuracy without early exit" in html and "Table 2: early exit at the operating point" in html

@@ -63,14 +63,9 @@ def config_parameters() -> list[inspect.Parameter]:
     parameters = []
     for name in sorted(option_names(), key=lambda n: PANELS.index(_meta(n)["panel"])):
         kind = _cli_type(name)
-        metavar = {int: "INT", float: "NUMBER", str: "TEXT"}.get(kind)
-        choices = choices_of(name)
-        if choices:
-            metavar = "NAME"
-        if typing.get_origin(value_type(name)[0]) is list:
-            metavar = "LIST"
         extra = {"is_eager": True, "callback": _recipe_callback} if name == "recipe" else {}
-        # Switches get no type column ("<bool>" says nothing).
+        # No type column: the help text says what each option takes (its choices, an example list, its
+        # default), and at 80 columns the column would take a tenth of the width from the help.
         info = typer.Option(*flags_of(name), help=help_text(name), rich_help_panel=_meta(name)["panel"],
                             show_default=False, metavar="", **extra)
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,

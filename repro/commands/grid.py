@@ -6,6 +6,8 @@ this command shows progress, the closing table, and renders the report.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -58,17 +60,27 @@ def grid(
     if dry_run:
         console.print(plan_table(grid_spec, plans))
         return
-    resolved = str(select_device(device))
     start = time.perf_counter()
-    if executor == "slurm":
-        parameters = {"partition": partition, "gpus_per_job": gpus_per_job, "cpus_per_job": cpus_per_job,
-                      "time": time_limit, "mem": mem}
-        outcomes = run_on_slurm(grid_spec, plans, resolved, {**grid_spec.slurm, **{k: v for k, v in parameters.items() if v is not None}},
-                                jobs, wait)
-        if outcomes is None:
-            return
-    else:
-        outcomes = run_locally(grid_spec, plans, resolved, jobs or 1)
+    try:
+        with stop_on_sigterm():
+            if executor == "slurm":
+                # The device is chosen where each job runs (a GPU node), not here on the submitting host.
+                parameters = {"partition": partition, "gpus_per_job": gpus_per_job, "cpus_per_job": cpus_per_job,
+                              "time": time_limit, "mem": mem}
+                outcomes = run_on_slurm(grid_spec, plans, device,
+                                        {**grid_spec.slurm, **{k: v for k, v in parameters.items() if v is not None}}, jobs, wait)
+                if outcomes is None:
+                    return
+            else:
+                outcomes = run_locally(grid_spec, plans, str(select_device(device)), jobs or 1)
+    except KeyboardInterrupt:
+        raise ReproError("interrupted; every run is left resumable: run the same `repro grid` command again to continue "
+                         "(finished cells are skipped, interrupted ones resumed)", 130) from None
+    except ReproError as error:
+        if error.exit_code in (130, 143):  # a cell's training was stopped by Ctrl-C or SIGTERM
+            raise ReproError("interrupted during a cell's training, which is left resumable: run the same `repro grid` "
+                             "command again to continue (finished cells are skipped, interrupted ones resumed)", error.exit_code) from None
+        raise
     console.print(outcome_table(grid_spec, outcomes, time.perf_counter() - start))
     failed = [o for o in outcomes.values() if o.status == "failed"]
     if (grid_spec.report if report is None else report) and any(o.status != "failed" for o in outcomes.values()):
@@ -76,6 +88,20 @@ def grid(
     if failed:
         raise ReproError(f"{len(failed)} of {len(outcomes)} cell(s) failed (their errors are in the table above); "
                          f"fix the cause and run the same command again: finished cells are skipped")
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM (a cluster's time limit, `kill`) stops the grid like Ctrl-C, so it ends with the same message
+    and its files written whole (training has its own handler, which this one surrounds)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -93,7 +119,7 @@ def parse_sets(items: list[str]) -> dict:
 def run_locally(grid_spec, plans, device: str, jobs: int) -> dict:
     """Training (in this process, or in `jobs` workers), then timing one cell at a time here."""
     from repro.commands.progress import TrainingProgress, make_progress
-    from repro.grid_runner import CellOutcome, plan_cell, run_cell, run_local_parallel, time_cell
+    from repro.grid_runner import CellOutcome, run_cell, run_local_parallel, time_cell
 
     outcomes: dict[str, CellOutcome] = {}
     steps = grid_spec.steps
@@ -121,16 +147,11 @@ def run_locally(grid_spec, plans, device: str, jobs: int) -> dict:
         if steps.timing:  # alone, after all training: a latency must not measure contention
             timing_task = bar.add_task("timing", total=len(runnable), info="cells", unit="cell")
             for cell in runnable:
-                if outcomes[cell.name].status != "failed" and "timing" in plan_cell(cell, steps).steps:
+                if outcomes[cell.name].status != "failed":
                     timed = time_cell(cell, steps, device)
-                    previous = outcomes[cell.name]
-                    previous.steps += timed.steps
-                    previous.seconds += timed.seconds
-                    if timed.error:
-                        previous.status, previous.error = "failed", timed.error
-                    else:
-                        previous.status, previous.summary = "ran", timed.summary
-                    say(outcome_line(previous), out=bar.console)
+                    if timed.status != "done":
+                        outcomes[cell.name] = outcomes[cell.name].then(timed)
+                        say(outcome_line(outcomes[cell.name]), out=bar.console)
                 bar.advance(timing_task)
     return outcomes
 
@@ -144,26 +165,24 @@ def run_on_slurm(grid_spec, plans, device: str, options: dict, jobs: int, wait: 
     submitit = submitit_module()
     folder = grid_spec.output / ".submitit"
     outcomes: dict[str, CellOutcome] = {}
-    for plan in plans:
-        if plan.error:
-            outcomes[plan.cell.name] = CellOutcome(plan.cell.name, "failed", error=plan.error)
-        elif plan.done:
-            outcomes[plan.cell.name] = CellOutcome(plan.cell.name, "done")
     known = load_job_ids(folder)
     pending, cells_to_submit = {}, []
     for plan in plans:
         name = plan.cell.name
-        if name in outcomes:
-            continue
         job_id = known.get(name)
-        if job_id is not None:
+        if job_id is not None and not plan.done:
             job = submitit.SlurmJob(folder=folder, job_id=job_id)
-            if not job.done():
-                pending[name] = (job, plan.cell)  # submitted by an earlier `repro grid --no-wait`: collect it
+            if not job.done():  # submitted by an earlier `repro grid --no-wait` and still queued or running: collect it
+                pending[name] = (job, plan.cell)
                 continue
-        cells_to_submit.append(plan.cell)
+        if plan.error:
+            outcomes[name] = CellOutcome(name, "failed", error=plan.error)
+        elif plan.done:
+            outcomes[name] = CellOutcome(name, "done")
+        else:
+            cells_to_submit.append(plan.cell)
     if cells_to_submit:
-        executor = make_executor(folder, slurm_parameters(options), jobs=jobs)
+        executor = make_executor(folder, slurm_parameters(options), jobs=jobs, exclusive=grid_spec.steps.timing)
         submitted = submit_cells(executor, cells_to_submit, grid_spec.steps, device)
         save_job_ids(folder, submitted, cells_to_submit)
         pending.update({cell.name: (job, cell) for job, cell in zip(submitted, cells_to_submit)})
