@@ -316,6 +316,30 @@ def load_job_ids(folder: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def slurm_work(plans: list[CellPlan], folder: Path) -> tuple[dict[str, CellOutcome], dict, list[Cell]]:
+    """What a SLURM run of these plans must do: (outcomes known already: failed or done; {name: (job, cell)}
+    still queued or running from an earlier `--no-wait` submission, to collect rather than submit again;
+    the cells to submit). A cell whose job is still alive counts as pending even when its state.json says
+    another host is training it: that host is the job."""
+    submitit = submitit_module()
+    known = load_job_ids(folder)
+    outcomes, pending, to_submit = {}, {}, []
+    for plan in plans:
+        name = plan.cell.name
+        if name in known and not plan.done:
+            job = submitit.SlurmJob(folder=folder, job_id=known[name])
+            if not job.done():
+                pending[name] = (job, plan.cell)
+                continue
+        if plan.error:
+            outcomes[name] = CellOutcome(name, "failed", error=plan.error)
+        elif plan.done:
+            outcomes[name] = CellOutcome(name, "done")
+        else:
+            to_submit.append(plan.cell)
+    return outcomes, pending, to_submit
+
+
 def collect_job(job, cell: Cell) -> CellOutcome:
     """The outcome of a finished job; a job that crashed (killed, out of memory) is a failed cell."""
     try:

@@ -159,28 +159,10 @@ def run_locally(grid_spec, plans, device: str, jobs: int) -> dict:
 def run_on_slurm(grid_spec, plans, device: str, options: dict, jobs: int, wait: bool) -> dict | None:
     """Submit the cells that need work as a job array; wait (with progress) or return at once."""
     from repro.commands.progress import make_progress
-    from repro.grid_runner import (CellOutcome, collect_job, load_job_ids, make_executor, save_job_ids, slurm_parameters,
-                                   submit_cells, submitit_module)
+    from repro.grid_runner import collect_job, make_executor, save_job_ids, slurm_parameters, slurm_work, submit_cells
 
-    submitit = submitit_module()
     folder = grid_spec.output / ".submitit"
-    outcomes: dict[str, CellOutcome] = {}
-    known = load_job_ids(folder)
-    pending, cells_to_submit = {}, []
-    for plan in plans:
-        name = plan.cell.name
-        job_id = known.get(name)
-        if job_id is not None and not plan.done:
-            job = submitit.SlurmJob(folder=folder, job_id=job_id)
-            if not job.done():  # submitted by an earlier `repro grid --no-wait` and still queued or running: collect it
-                pending[name] = (job, plan.cell)
-                continue
-        if plan.error:
-            outcomes[name] = CellOutcome(name, "failed", error=plan.error)
-        elif plan.done:
-            outcomes[name] = CellOutcome(name, "done")
-        else:
-            cells_to_submit.append(plan.cell)
+    outcomes, pending, cells_to_submit = slurm_work(plans, folder)
     if cells_to_submit:
         executor = make_executor(folder, slurm_parameters(options), jobs=jobs, exclusive=grid_spec.steps.timing)
         submitted = submit_cells(executor, cells_to_submit, grid_spec.steps, device)
