@@ -327,3 +327,16 @@ def test_errors_cross_process_boundaries():
     for error in (UnknownNameError("model", "vgg99", ["vgg13"]), NonFiniteLoss(3, float("nan"))):
         copy = pickle.loads(pickle.dumps(error))
         assert str(copy) == str(error) and copy.exit_code == error.exit_code
+
+
+@pytest.mark.slow
+def test_the_smoke_preset_runs_end_to_end_and_then_has_nothing_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the preset writes to runs/grid/smoke below the working folder
+    first = invoke("smoke", "--device", "cpu")
+    assert first.exit_code == 0, first.output
+    out = tmp_path / "runs" / "grid" / "smoke"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["baseline", "bnet", "proposed", "report"]
+    assert all((out / name / rundir.TIMING).is_file() for name in ("baseline", "bnet", "proposed"))
+    assert (out / "report" / "report.html").is_file()
+    again = invoke("smoke", "--device", "cpu", "--no-report")
+    assert again.exit_code == 0 and again.output.count("nothing to do") == 3
