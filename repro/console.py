@@ -8,6 +8,7 @@ code, never a traceback.
 from __future__ import annotations
 
 import functools
+import re
 import textwrap
 
 import typer
@@ -60,11 +61,22 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+_LIST_TYPE = re.compile(r"<list\[(\w+)\]>")
+
+
 def _untyped_switches(params):
-    """Switches (--help, --overwrite, --augment/--no-augment) take no value: list them without a "<bool>"."""
+    """Switches (--help, --overwrite, --augment/--no-augment) take no value: list them without a "<bool>".
+    Lists show their element type the way a user types them, "<path>..." instead of Typer's "<list[Path]>"."""
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        show_type = getattr(param, "display_type_rich", None)
+        if show_type is not None and not getattr(show_type, "plain_lists", False):
+            def plain(ctx, show_type=show_type):
+                shown = show_type(ctx)
+                return _LIST_TYPE.sub(lambda m: f"<{m.group(1).lower()}>...", shown) if shown else shown
+            plain.plain_lists = True
+            param.display_type_rich = plain
     return params
 
 

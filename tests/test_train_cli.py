@@ -174,6 +174,9 @@ def test_help_and_messages_wrap_at_spaces_never_inside_a_path(tmp_path, monkeypa
         assert option in help_text  # never cut
     assert "<bool>" not in help_text and "{run}" not in help_text
     assert all(len(line) <= 80 for line in help_text.splitlines())
+    for command in ("sweep", "report", "verify"):  # lists read as the user types them
+        listed = runner.invoke(app, [command, "--help"], terminal_width=80).output
+        assert "list[" not in listed, listed
     for panel in ("Model", "Data", "Method", "Optimisation", "Run"):
         assert f"─ {panel} ─" in help_text
     # A message holding a path longer than the line keeps the path whole on one line.

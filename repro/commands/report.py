@@ -14,7 +14,7 @@ from repro.console import cli_errors, console, say
 def report(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(metavar="[RUN_OR_FOLDER]...", help="Run directories, or folders to search for runs. [default: runs]", show_default=False),
+        typer.Argument(metavar="RUN_OR_FOLDER", help="Run directories, or folders to search for runs. [default: runs]", show_default=False),
     ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Report folder (report.md, figures, report.html); replaced if it holds a report.")

@@ -15,7 +15,7 @@ MAX_ROWS = 12
 
 @cli_errors
 def sweep(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories, or folders to search for runs.", show_default=False)],
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="Run directories, or folders to search for runs.", show_default=False)],
     criterion: Annotated[str, typer.Option("--criterion", "-c", help="entropy, maxprob, gate, or all that apply.")] = "all",
     thresholds: Annotated[
         int | None,

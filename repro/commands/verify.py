@@ -12,7 +12,7 @@ from repro.console import cli_errors, console, say
 
 @cli_errors
 def verify(
-    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories, or folders of runs (e.g. results/cpu).",
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="Run directories, or folders of runs (e.g. results/cpu).",
                                                show_default=False)],
     epochs: Annotated[int, typer.Option(help="Epochs to retrain and compare", metavar="N")] = 2,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the data sets are here, if not where the run found them", metavar="PATH")] = None,
