@@ -286,15 +286,25 @@ def _reference_command(config, path: Path) -> list[str]:
             "--precision", "fp32", "--select-last", "--patience", "0", "--run-dir", str(path)]
 
 
+def _wait_for_first_epoch(process: subprocess.Popen, path: Path, seconds: float = 900) -> None:
+    """Until the run has saved its first epoch (last.pt). Generous: a fresh environment compiles every module
+    on first import, and the machine may be busy with other training."""
+    deadline = time.time() + seconds
+    while not (path / rundir.LAST).is_file() and time.time() < deadline:
+        if process.poll() is not None:
+            said = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"the run ended (exit {process.returncode}) before saving an epoch: {said}")
+        time.sleep(0.02)
+    assert (path / rundir.LAST).is_file(), f"no epoch saved within {seconds:.0f} s"
+
+
 @needs_fashion
 def test_resume_after_kill_9_equals_an_uninterrupted_run(reference_run, tmp_path):
     config, reference = reference_run
     path = tmp_path / "run"
     process = subprocess.Popen(_reference_command(config, path), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
     # Wait until the first epoch is saved, then kill the process without warning during the next one.
-    while not (path / rundir.LAST).is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    _wait_for_first_epoch(process, path)
     if (path / rundir.METRICS).is_file():  # let the second epoch get under way (a short sleep: the machine may be busy)
         seconds = float(rundir.read_csv(path / rundir.METRICS)[0]["seconds"])
         time.sleep(seconds / 5)
@@ -313,9 +323,7 @@ def test_sigterm_leaves_a_resumable_run_and_says_how_to_resume(reference_run, tm
     config, reference = reference_run
     path = tmp_path / "run"
     process = subprocess.Popen(_reference_command(config, path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (path / rundir.LAST).is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    _wait_for_first_epoch(process, path)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr  # 128 + SIGTERM, as a shell reports a terminated program
