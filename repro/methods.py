@@ -407,3 +407,18 @@ def method_option_names(name: str) -> set[str]:
 def method_defaults(name: str) -> dict:
     """The value of each option method `name` takes when the user does not set it."""
     return {f.name: f.default for f in fields(method_class(name))}
+
+
+# The paper's loss as its equations read (Scardapane et al. 2020): the soft output's NLL over a probability
+# mixture and lambda x the expected cost, nothing else; gates start unbiased and read their features.
+LITERAL_LOSS = {"mix": "probs", "joint_weight": 0.0, "final_weight": 0.0, "joint_warmup": 0, "gate_bias": 0.0,
+                "gate_detach": False}
+
+
+def is_literal_loss(method: str, options: dict) -> bool:
+    """Whether a `proposed` run with these options (its config.json) trained the paper's literal loss.
+    Absent or None options are those of runs trained before config.json recorded the method's defaults
+    (before an option existed, or when it was left to the method): back then they were the literal ones."""
+    if method != "proposed":
+        return False
+    return all((value if options.get(key) is None else options[key]) == value for key, value in LITERAL_LOSS.items())

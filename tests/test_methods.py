@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from repro.errors import ReproError, UnknownNameError
-from repro.methods import get_method, list_methods
+from repro.methods import LITERAL_LOSS, get_method, is_literal_loss, list_methods
 
 
 class Out(NamedTuple):
@@ -324,3 +324,13 @@ def test_gate_options_reach_the_model():
     # The default: gates start unbiased (bias 0) and read the branch features with gradients.
     default = build_model(TrainConfig.from_recipe(method="proposed", width=0.125, exits=[0, 4]), shapes)
     assert all(branch.gate.bias.item() == 0.0 and not branch.detach_gate_input for branch in default.branches)
+
+
+def test_literal_loss_is_named_by_its_options():
+    literal = dict(LITERAL_LOSS, cost_weight=0.5)  # any lambda: the paper's regulariser is part of its loss
+    assert is_literal_loss("proposed", literal)
+    assert is_literal_loss("proposed", {"joint_weight": None, "mix": None})  # runs from before the options existed
+    for key, other in (("joint_weight", 1.0), ("final_weight", 1.0), ("joint_warmup", 3), ("gate_bias", -3.0),
+                       ("gate_detach", True), ("mix", "logits")):
+        assert not is_literal_loss("proposed", dict(literal, **{key: other})), key
+    assert not is_literal_loss("report-proposed", literal)

@@ -44,7 +44,7 @@ def config(method: str, seed: int, dataset: str = "cifar10", lr: float = 5e-4, d
         "model": "vgg13", "method": method, "dataset": dataset, "data_dir": data_dir, "subset": None, "val_fraction": 0.2,
         "split_seed": 0, "recipe": "report", "seed": seed, "epochs": 3, "batch_size": 128, "optimizer": "adam",
         "lr": lr, "exits": [] if baseline else None, "batch_norm": False, "classifier": "report", "dropout": True,
-        "head": "conv", "width": 1.0, "cost_weight": 0.1 if method == "proposed" else None, "joint_weight": None,
+        "head": "conv", "width": 1.0, "cost_weight": 0.1 if method == "proposed" else None, "joint_weight": 1.0 if method == "proposed" else None,
         "mix": None, "alphas": None, "detach_confidence": None, "num_classes": 10, "in_channels": 3, "image_size": 32,
     }
 

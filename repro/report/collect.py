@@ -24,6 +24,7 @@ import pandas as pd
 
 from repro import artifacts, rundir
 from repro.errors import ReproError, error_reason
+from repro.methods import is_literal_loss
 
 # Config keys that name or place a run rather than define the experiment; with `seed` they are ignored when grouping.
 NOT_GROUPED = ("seed", "run_dir", "name", "device")
@@ -314,9 +315,7 @@ class Group:
     def literal(self) -> bool:
         """A `proposed` run with the paper's loss alone: probability mixture, no per-exit or final CE, no
         warm-up, gates starting unbiased and reading their features (issue 13's `literal`)."""
-        c = self.config
-        return (self.method == "proposed" and c.get("mix", "probs") == "probs" and not c.get("joint_weight")
-                and not c.get("final_weight") and not c.get("joint_warmup") and not c.get("gate_bias") and not c.get("gate_detach"))
+        return is_literal_loss(self.method, self.config)
 
     @property
     def display_label(self) -> str:
