@@ -106,7 +106,7 @@ class TrainConfig:
     cost_weight: float | None = option(None, "proposed: lambda of the expected cost", METHOD,
                                        default_text="proposed 0.1")
     joint_weight: float | None = option(None, "Soft-output: weight of sum_b CE(f_b)", METHOD,
-                                        default_text="proposed 0, report-* 1")
+                                        default_text="1; 0 = the paper's literal loss")
     mix: str | None = option(None, "Soft-output: mix probabilities or logits", METHOD, choices="mixes",
                              default_text="probs")
     alphas: list[float] | None = option(None, "bnet: CE weight per exit, e.g. 1,1,0.5", METHOD,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from repro.errors import ReproError, UnknownNameError
-from repro.methods import LITERAL_LOSS, get_method, is_literal_loss, list_methods
+from repro.methods import LITERAL_LOSS, get_method, is_literal_loss, list_methods, method_defaults
 
 
 class Out(NamedTuple):
@@ -58,7 +58,7 @@ def test_proposed_two_exits_probability_mix_and_cost():
     cost = 0.25 * 0.4 + 0.75 * 1.0  # 0.85
     expected = -math.log(soft) + 0.1 * cost
     assert expected == pytest.approx(0.9479743, abs=1e-6)
-    loss, terms = get_method("proposed", cost_weight=0.1).loss(TWO, TWO_TARGETS, TWO_COSTS)
+    loss, terms = get_method("proposed", joint_weight=0.0, cost_weight=0.1).loss(TWO, TWO_TARGETS, TWO_COSTS)
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     assert terms["soft_nll"] == pytest.approx(-math.log(soft), abs=1e-5)
     assert terms["cost_vs_final"] == pytest.approx(0.85, abs=1e-6)
@@ -68,7 +68,7 @@ def test_proposed_two_exits_probability_mix_and_cost():
 def test_proposed_uses_the_gate_logit_when_the_model_exposes_it():
     z = math.log(0.25 / 0.75)  # sigmoid(z) = 0.25
     out = OutWithLogits(TWO.logits, TWO.gates, gate_logits=[t([z])])
-    method = get_method("proposed", cost_weight=0.1)
+    method = get_method("proposed", joint_weight=0.0, cost_weight=0.1)
     a = method.loss(out, TWO_TARGETS, TWO_COSTS)[0].item()
     b = method.loss(TWO, TWO_TARGETS, TWO_COSTS)[0].item()
     assert a == pytest.approx(b, abs=1e-6)
@@ -77,7 +77,7 @@ def test_proposed_uses_the_gate_logit_when_the_model_exposes_it():
 def test_proposed_two_exits_logit_mix():
     # f~0 = 0.25 * [2, 0] + 0.75 * [0, 1] = [0.5, 0.75]; NLL of class 0 = log(1 + e^0.25) = 0.8259394
     expected = math.log(1 + math.exp(0.25))
-    method = get_method("proposed", mix="logits", cost_weight=0.0)
+    method = get_method("proposed", joint_weight=0.0, mix="logits", cost_weight=0.0)
     loss, terms = method.loss(TWO, TWO_TARGETS, TWO_COSTS)
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     assert expected == pytest.approx(0.8259394, abs=1e-6)
@@ -129,7 +129,7 @@ def test_proposed_three_exits_matches_hand_computation():
     nll, cost = three_by_hand(THREE_GATES)
     # sample 0: C~ = 0.6*0.2 + 0.4*(0.3*0.5 + 0.7) = 0.46; sample 1: 0.1*0.2 + 0.9*(0.8*0.5 + 0.2) = 0.56
     assert cost == pytest.approx((0.46 + 0.56) / 2)
-    loss, terms = get_method("proposed", cost_weight=0.3).loss(THREE, torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS))
+    loss, terms = get_method("proposed", joint_weight=0.0, cost_weight=0.3).loss(THREE, torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS))
     assert terms["soft_nll"] == pytest.approx(nll, abs=1e-5)
     assert terms["cost_vs_final"] == pytest.approx(0.51, abs=1e-6)
     assert loss.item() == pytest.approx(nll + 0.3 * 0.51, abs=1e-5)
@@ -137,7 +137,7 @@ def test_proposed_three_exits_matches_hand_computation():
 
 def test_proposed_three_exits_logit_mix():
     nll, _ = three_by_hand(THREE_GATES, mix="logits")
-    loss, _ = get_method("proposed", mix="logits", cost_weight=0.0).loss(THREE, torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS))
+    loss, _ = get_method("proposed", joint_weight=0.0, mix="logits", cost_weight=0.0).loss(THREE, torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS))
     assert loss.item() == pytest.approx(nll, abs=1e-5)
 
 
@@ -155,7 +155,7 @@ def test_probability_mix_does_not_underflow():
     # mixing probabilities outside log space would give log(0) = inf in float32.
     wrong = t([[100.0, -100.0]])
     out = Out(logits=[wrong, wrong, wrong], gates=[t([0.5]), t([0.5])])
-    loss, _ = get_method("proposed", cost_weight=0.0).loss(out, torch.tensor([1]), torch.tensor([0.3, 0.6, 1.0]))
+    loss, _ = get_method("proposed", joint_weight=0.0, cost_weight=0.0).loss(out, torch.tensor([1]), torch.tensor([0.3, 0.6, 1.0]))
     assert math.isfinite(loss.item())
     assert loss.item() == pytest.approx(200.0, rel=1e-5)
 
@@ -281,12 +281,12 @@ def three_ce(b):
 
 def test_final_weight_adds_the_final_exits_own_cross_entropy():
     nll, cost = three_by_hand(THREE_GATES)
-    loss, _ = get_method("proposed", cost_weight=0.3, final_weight=0.5).loss(THREE, torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS))
+    loss, _ = get_method("proposed", joint_weight=0.0, cost_weight=0.3, final_weight=0.5).loss(THREE, torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS))
     assert loss.item() == pytest.approx(nll + 0.3 * cost + 0.5 * three_ce(2), abs=1e-5)
 
 
 def test_joint_warmup_trains_the_per_exit_cross_entropy_alone_then_the_method():
-    method = get_method("proposed", cost_weight=0.3, joint_warmup=2)
+    method = get_method("proposed", joint_weight=0.0, cost_weight=0.3, joint_warmup=2)
     targets, costs = torch.tensor(THREE_TARGETS), torch.tensor(THREE_COSTS)
     nll, cost = three_by_hand(THREE_GATES)
     for epoch in (0, 1):  # warm-up: sum_b CE(f_b); the soft output is still logged
@@ -334,3 +334,7 @@ def test_literal_loss_is_named_by_its_options():
                        ("gate_detach", True), ("mix", "logits")):
         assert not is_literal_loss("proposed", dict(literal, **{key: other})), key
     assert not is_literal_loss("report-proposed", literal)
+    # The default is the learned-gates study's fix, one option (joint_weight 0) away from the literal loss.
+    defaults = method_defaults("proposed")
+    assert defaults["joint_weight"] == 1.0 and not is_literal_loss("proposed", defaults)
+    assert is_literal_loss("proposed", dict(defaults, joint_weight=0.0))

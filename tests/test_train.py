@@ -63,7 +63,7 @@ def test_modern_recipe_and_overrides():
 
 def test_method_options_resolve_per_method():
     assert TrainConfig.from_recipe(method="proposed").cost_weight == 0.1
-    assert TrainConfig.from_recipe(method="proposed").joint_weight == 0.0
+    assert TrainConfig.from_recipe(method="proposed").joint_weight == 1.0  # the learned-gates fix, not the literal 0
     rp = TrainConfig.from_recipe(method="report-proposed")
     assert (rp.joint_weight, rp.mix, rp.detach_confidence, rp.cost_weight) == (1.0, "probs", False, None)
     bnet = TrainConfig.from_recipe(method="bnet", alphas=[1, 2])
