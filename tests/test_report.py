@@ -27,7 +27,7 @@ from repro.report.collect import collect
 from repro.report.figures import FIGURES, mean_front
 from repro.report.references import builtin_references, load_references
 from repro.report.render import markdown_escape
-from repro.report.tables import table1, table2, table2_exits, table3
+from repro.report.tables import routing_table, table1, table2, table2_exits, table3
 from repro.rundir import SWEEP_SOURCE
 from repro.artifacts import write_sweep
 
@@ -565,3 +565,17 @@ def test_equal_cost_table_chooses_on_validation_and_reads_test(report):
     # the second (final - 5 points), at 0.8 still the second (the third is cheaper than 0.8 but less accurate).
     row = t.row("bnet [lr=0.0005]")
     assert [cell.text for cell in row[3:]] == ["50.00 ± 0.00", "78.00 ± 3.61", "78.00 ± 3.61"]
+
+
+def test_learned_gates_routing_table(report):
+    """Where the soft output routes after the last epoch (metrics.csv), beside the first and final exits."""
+    routing = _table(routing_table(report["collection"]), "VGG-13 · CIFAR-10")
+    assert routing.columns[3:] == ["Routed to exit 1 (%)", "Largest share of a deeper exit (%)", "Exit 1, test (%)", "Final exit, test (%)"]
+    assert {row[0].text for row in routing.rows} == {"proposed", "report-proposed", "report-maxprob"}  # soft-output methods only
+    # The fixture's epoch 3 routes 0.5 / 3 to exit 1 and the rest evenly to exits 2, 3 and final.
+    assert routing.cell("proposed", "Epochs").text == "3"
+    assert routing.cell("proposed", "Routed to exit 1 (%)").text == "16.7"
+    assert routing.cell("proposed", "Largest share of a deeper exit (%)").text == "27.8 (exit 2)"
+    assert routing.cell("proposed", "Exit 1, test (%)").text == "40.00"
+    assert routing.cell("proposed", "Final exit, test (%)").text == "75.00"
+    assert "## Learned gates" in report["md"] and 'id="learned-gates"' in report["html"]

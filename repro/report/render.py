@@ -26,7 +26,8 @@ from repro.errors import ReproError
 from repro.report.collect import Collection, Missing
 from repro.report.figures import FIGURES
 from repro.report.references import References
-from repro.report.tables import Cell, equal_cost_table, speedup_discrepancies, table1, table2, table2_exits, table3
+from repro.report.tables import (Cell, equal_cost_table, routing_table, speedup_discrepancies, table1, table2, table2_exits,
+                                 table3)
 
 MARKDOWN = "report.md"
 HTML = "report.html"
@@ -130,6 +131,7 @@ def context(collection: Collection, references: References, inputs, figures: dic
         "table2_exits": table2_exits(collection),
         "table3": table3(collection),
         "equal_cost": equal_cost_table(collection),
+        "routing": routing_table(collection),
         "figures": [
             {"file": name, "title": FIGURES[name][0], "caption": FIGURES[name][1], "base64": base64.b64encode(data).decode("ascii")}
             for name, data in figures.items()

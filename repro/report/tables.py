@@ -573,3 +573,38 @@ def equal_cost_table(collection: Collection) -> list[Table]:
                  "(the first exit alone costs about 0.31 x plain for VGG-13 with conv branches)."]
         tables.append(Table(caption, columns, rows, notes))
     return tables
+
+
+def routing_table(collection: Collection) -> list[Table]:
+    """Where each soft-output method's soft output routes validation samples after its last epoch (the
+    routing mass m_b of metrics.csv, mean over seeds) beside how well its first and final exits classify:
+    the collapse of the paper's literal loss is a row with about 100% at exit 1 and a final exit at chance."""
+    tables = []
+    for caption, groups in sections(collection):
+        rows = []
+        for group in groups:
+            last = [run.metrics.iloc[-1] for run in group.runs if run.metrics is not None and "route_exit0" in run.metrics
+                    and len(run.metrics)]
+            if not last:
+                continue
+            exits = 1 + max(int(c[len("route_exit"):]) for c in last[0].index if c.startswith("route_exit"))
+            mean_route = np.mean([[row[f"route_exit{b}"] for b in range(exits)] for row in last], axis=0)
+            deeper = 1 + int(np.argmax(mean_route[1:]))
+            first_acc = Stat.of([run.eval["test"]["exit_accuracy"][0] for run in group.runs if run.eval])
+            chance = near_chance(group)
+            rows.append([
+                text_cell(group.display_label), text_cell(str(group.n)),
+                text_cell(", ".join(sorted({str(int(row["epoch"])) for row in last}))),
+                stat_cell(Stat.of([row["route_exit0"] for row in last]), group, 1, [], scale=100),
+                Cell(text=f"{100 * mean_route[deeper]:.1f} ({'final' if deeper == exits - 1 else f'exit {deeper + 1}'})",
+                     value=float(mean_route[deeper])),
+                stat_cell(first_acc, group, 2, [], scale=100),
+                stat_cell(group.stat("final_accuracy"), group, 2, [], scale=100, suffix=" (chance)" if chance is not None else ""),
+            ])
+        if rows:
+            columns = ["Method", "n", "Epochs", "Routed to exit 1 (%)", "Largest share of a deeper exit (%)",
+                       "Exit 1, test (%)", "Final exit, test (%)"]
+            notes = ["Routing: the share of validation samples the soft output sends to an exit (m_b = g_b prod_{k<b} (1 - g_k)) "
+                     "after the run's last epoch; \"(chance)\": a final exit below 1.5 x 1/classes, one that did not train."]
+            tables.append(Table(caption, columns, rows, notes))
+    return tables
