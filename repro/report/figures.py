@@ -24,6 +24,7 @@ repro.report.render is the one place that saves figures.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,8 +106,11 @@ def _grid(count: int, columns: int = 2) -> tuple[Figure, list]:
     return figure, axes[:count]
 
 
+TITLE_WIDTH = 48  # characters per title line: two panels side by side, each with a legend, never overlap
+
+
 def _style(axis, title: str, xlabel: str, ylabel: str) -> None:
-    axis.set_title(literal(title), fontsize=11)
+    axis.set_title(literal(textwrap.fill(title, TITLE_WIDTH, break_on_hyphens=False)), fontsize=11)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.grid(True, alpha=0.3)

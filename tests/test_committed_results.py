@@ -1,0 +1,58 @@
+"""Every committed report under results/ is what its committed run files render (issue 15): the same
+numbers in every table, only the "Generated ..." line may differ. No training: rendering only, a few
+seconds per report. Needs a git checkout (skipped in an unpacked source archive)."""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from repro.report.committed import render_committed
+
+REPO = Path(__file__).resolve().parents[1]
+REPORTS = sorted(REPO.glob("results/**/report/report.md"))
+needs_git = pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
+                               reason="not a git checkout: the committed files cannot be told apart")
+
+
+def _source(report_md: Path) -> str:
+    """The folder the report was rendered from, as its header names it."""
+    found = re.search(r"found under: `([^`]+)`", report_md.read_text())
+    assert found, f"{report_md} does not name the folder it was rendered from"
+    return found.group(1)
+
+
+def _tables(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if not line.startswith("Generated ")]
+
+
+@needs_git
+@pytest.mark.parametrize("report_md", REPORTS, ids=[str(p.relative_to(REPO).parent) for p in REPORTS])
+def test_committed_report_rerenders_from_the_committed_files(report_md, tmp_path):
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(report_md.relative_to(REPO))], cwd=REPO,
+                             capture_output=True)
+    if tracked.returncode:
+        pytest.skip(f"{report_md.relative_to(REPO)} is not committed yet")
+    again = render_committed(REPO, _source(report_md), tmp_path / "report")
+    assert _tables(again.read_text()) == _tables(report_md.read_text()), (
+        f"{report_md.relative_to(REPO)} differs from what its committed runs render: "
+        f"python -m repro.report.committed {_source(report_md)} {report_md.parent.relative_to(REPO)}")
+
+
+def test_render_committed_reads_only_what_git_tracks(tmp_path):
+    """A cell still training (untracked) is not in the committed report."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    source = REPO / "results" / "gates" / "screen" / "bnet"
+    if not (source / "eval.json").is_file():
+        pytest.skip("no committed screening cell to copy")
+    study = repo / "results" / "study"
+    for cell in ("cell-kept", "cell-in-training"):
+        shutil.copytree(source, study / cell, ignore=shutil.ignore_patterns("*.pt"))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "results/study/cell-kept"], cwd=repo, check=True)
+    markdown = render_committed(repo, "results/study", tmp_path / "out").read_text()
+    assert "found under: `results/study`" in markdown
+    assert "1 run(s)" in markdown and "cell-kept" in markdown and "cell-in-training" not in markdown
