@@ -225,6 +225,7 @@ class TrainConfig:
         unknown = sorted(set(data) - set(field_names()))
         if unknown:
             raise ReproError(f"{source} has unknown field(s) {', '.join(unknown)}; it was written by another version of repro")
+        data = _older_defaults(data)
         try:
             config = cls(**{name: check_value(name, value) for name, value in data.items()})
             config.validate()
@@ -243,6 +244,17 @@ class TrainConfig:
 
         takes = method_option_names(self.method)
         return {name: getattr(self, name) for name in ("label_smoothing", *METHOD_OPTIONS) if name in takes}
+
+
+def _older_defaults(data: dict) -> dict:
+    """A `proposed` run whose config.json leaves an option of the paper's loss unset (None or absent) was
+    written before its config recorded the method's defaults, when they were the literal loss's: keep that
+    meaning, so resuming or verifying it trains the loss it was trained with, not today's default."""
+    if data.get("method") != "proposed":
+        return data
+    from repro.methods import LITERAL_LOSS
+
+    return {**data, **{key: value for key, value in LITERAL_LOSS.items() if data.get(key) is None}}
 
 
 RECIPES: dict[str, dict] = {

@@ -417,13 +417,14 @@ def method_defaults(name: str) -> dict:
 # The paper's loss as its equations read (Scardapane et al. 2020): the soft output's NLL over a probability
 # mixture and lambda x the expected cost, nothing else; gates start unbiased and read their features.
 LITERAL_LOSS = {"mix": "probs", "joint_weight": 0.0, "final_weight": 0.0, "joint_warmup": 0, "gate_bias": 0.0,
-                "gate_detach": False}
+                "gate_detach": False, "label_smoothing": 0.0}
 
 
 def is_literal_loss(method: str, options: dict) -> bool:
     """Whether a `proposed` run with these options (its config.json) trained the paper's literal loss.
     Absent or None options are those of runs trained before config.json recorded the method's defaults
-    (before an option existed, or when it was left to the method): back then they were the literal ones."""
+    (before an option existed, or when it was left to the method): back then they were the literal ones
+    (TrainConfig.from_dict reads them so too)."""
     if method != "proposed":
         return False
     return all((value if options.get(key) is None else options[key]) == value for key, value in LITERAL_LOSS.items())

@@ -365,7 +365,8 @@ def prepare(config: TrainConfig, device: torch.device) -> Training:
     from repro.methods import get_method
     from repro.rebuild import build_model, load_data
 
-    config = replace(config, precision=resolve_precision(config.precision, device))
+    # Method options spelled out (None -> the method's default), so config.json records the loss trained.
+    config = replace(config.resolved(), precision=resolve_precision(config.precision, device))
     accelerator = Accelerator.for_device(device, config.precision)
     dataset, splits = load_data(config)
     config = config.with_dataset(dataset)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from repro.errors import ReproError
 from repro.report.committed import render_committed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +52,22 @@ def test_render_committed_reads_only_what_git_tracks(tmp_path):
     study = repo / "results" / "study"
     for cell in ("cell-kept", "cell-in-training"):
         shutil.copytree(source, study / cell, ignore=shutil.ignore_patterns("*.pt"))
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run(["git", "add", "results/study/cell-kept"], cwd=repo, check=True)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
+    subprocess.run(git + ["init", "-q"], cwd=repo, check=True)
+    subprocess.run(git + ["add", "results/study/cell-kept"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "one finished cell"], cwd=repo, check=True)
+    (study / "cell-kept" / "train.log").write_text("edited after the commit\n")  # the commit counts, not the edit
     markdown = render_committed(repo, "results/study", tmp_path / "out").read_text()
     assert "found under: `results/study`" in markdown
     assert "1 run(s)" in markdown and "cell-kept" in markdown and "cell-in-training" not in markdown
+    # The report folder never replaces the source folder, one above it, or a folder that holds no report.
+    for out in (study, repo / "results", study / "cell-kept"):
+        with pytest.raises(ReproError, match="outside the source folder"):
+            render_committed(repo, "results/study", out)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(ReproError, match="does not hold a report"):
+        render_committed(repo, "results/study", tmp_path / "notes")
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    with pytest.raises(ReproError, match="relative to the repository root"):
+        render_committed(repo, str(study), tmp_path / "out")

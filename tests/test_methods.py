@@ -338,3 +338,18 @@ def test_literal_loss_is_named_by_its_options():
     defaults = method_defaults("proposed")
     assert defaults["joint_weight"] == 1.0 and not is_literal_loss("proposed", defaults)
     assert is_literal_loss("proposed", dict(defaults, joint_weight=0.0))
+
+
+def test_older_proposed_configs_keep_the_literal_loss_they_were_trained_with():
+    """config.json of a run from before the defaults were recorded leaves them None (or lacks the key): it was
+    trained with the literal loss, and resuming or verifying it must train that loss, not today's default."""
+    from repro.config import TrainConfig
+
+    older = TrainConfig.from_recipe(method="proposed").to_dict()
+    older["joint_weight"] = None
+    del older["gate_bias"]
+    config = TrainConfig.from_dict(older).resolved()
+    assert (config.joint_weight, config.gate_bias) == (0.0, 0.0)
+    assert is_literal_loss("proposed", config.to_dict())
+    today = TrainConfig.from_dict(TrainConfig.from_recipe(method="proposed").to_dict())
+    assert today.joint_weight == 1.0 and not is_literal_loss("proposed", today.to_dict())

@@ -583,18 +583,19 @@ def routing_table(collection: Collection) -> list[Table]:
     for caption, groups in sections(collection):
         rows = []
         for group in groups:
-            last = [run.metrics.iloc[-1] for run in group.runs if run.metrics is not None and "route_exit0" in run.metrics
+            last = [run.metrics.iloc[-1] for run in group.runs if run.metrics is not None and "route_exit1" in run.metrics
                     and len(run.metrics)]
-            if not last:
-                continue
-            exits = 1 + max(int(c[len("route_exit"):]) for c in last[0].index if c.startswith("route_exit"))
-            mean_route = np.mean([[row[f"route_exit{b}"] for b in range(exits)] for row in last], axis=0)
+            exits = 1 + max((int(c[len("route_exit"):]) for c in last[0].index if c.startswith("route_exit")), default=0) if last else 0
+            routes = np.array([[float(row.get(f"route_exit{b}", np.nan)) for b in range(exits)] for row in last], dtype=float)
+            if exits < 2 or not np.isfinite(routes).all():
+                continue  # nothing routed between exits, or an epoch that logged no routing
+            mean_route = routes.mean(axis=0)
             deeper = 1 + int(np.argmax(mean_route[1:]))
             first_acc = Stat.of([run.eval["test"]["exit_accuracy"][0] for run in group.runs if run.eval])
             chance = near_chance(group)
             rows.append([
                 text_cell(group.display_label), text_cell(str(group.n)),
-                text_cell(", ".join(sorted({str(int(row["epoch"])) for row in last}))),
+                text_cell(", ".join(str(epoch) for epoch in sorted({int(row["epoch"]) for row in last}))),
                 stat_cell(Stat.of([row["route_exit0"] for row in last]), group, 1, [], scale=100),
                 Cell(text=f"{100 * mean_route[deeper]:.1f} ({'final' if deeper == exits - 1 else f'exit {deeper + 1}'})",
                      value=float(mean_route[deeper])),
