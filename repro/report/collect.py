@@ -318,9 +318,14 @@ class Group:
         return is_literal_loss(self.method, self.config)
 
     @property
+    def named_label(self) -> str:
+        """The label with the paper's literal loss named as such: what figures show."""
+        return self.label + (" (the paper's literal loss)" if self.literal else "")
+
+    @property
     def display_label(self) -> str:
         """The label as tables show it: the paper's literal loss named as such, left-out runs counted."""
-        label = self.label + (" (the paper's literal loss)" if self.literal else "")
+        label = self.named_label
         if self.unfinished:
             label += " — left out: " + "; ".join(f"{run.name} {run.state_text}" for run in self.unfinished)
         return label

@@ -88,11 +88,11 @@ def main(argv: list[str]) -> int:
         return 2
     repo = Path.cwd()
     try:
-        written = render_committed(repo, argv[0], repo / argv[1])
-    except ReproError as error:
+        written = render_committed(repo, argv[0], Path(argv[1]))
+    except (ReproError, OSError) as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {written.relative_to(repo)} from the committed files under {argv[0]}")
+    print(f"wrote {os.path.relpath(written)} from the committed files under {argv[0]}")
     return 0
 
 

@@ -299,7 +299,7 @@ def exit_accuracy_panels(collection: Collection) -> list[Panel]:
             if result is None:
                 continue
             mean, std, n = result
-            label = f"{group.label} (n={n})"
+            label = f"{group.named_label} (n={n})"
             if len(mean) == 1:
                 # A network without early exits has one point: draw it as a level across the exits.
                 panel.reference_lines.append((f"{label}, no early exits", float(mean[0]), group.method))
@@ -353,7 +353,7 @@ def accuracy_cost_panels(collection: Collection) -> list[Panel]:
                 everything = (np.concatenate([p[0] for p in points]), np.concatenate([p[1] for p in points]))
                 own = _operating_criterion(group) == criterion
                 panel.series.append(CostSeries(
-                    f"{group.label}, {criterion} threshold (n={len(fronts)})", cost, mean, std, method=group.method,
+                    f"{group.named_label}, {criterion} threshold (n={len(fronts)})", cost, mean, std, method=group.method,
                     variant=variants[id(group)], criterion=criterion, points=everything, operating_point=point if own else None,
                 ))
         if panel.series:
@@ -385,7 +385,7 @@ def training_panels(collection: Collection) -> list[Panel]:
             frames = [run.metrics for run in group.runs if run.metrics is not None and "epoch" in run.metrics]
             if not frames:
                 continue
-            label = f"{group.label} (n={len(frames)})"
+            label = f"{group.named_label} (n={len(frames)})"
             columns = (("train_ce", _final_ce_column(frames[0]), 1), ("val_accuracy", "val_acc_method", 100))
             for kind, column, scale in columns:
                 if column is None or not all(column in frame for frame in frames):
@@ -407,7 +407,7 @@ def exit_fractions_panels(collection: Collection) -> list[Panel]:
             fractions = stack([((run.eval or {}).get("operating_point") or {}).get("test", {}).get("exit_fractions") for run in group.runs])
             if fractions is None or fractions.shape[1] < 2:
                 continue  # a network without early exits sends everything to its one exit
-            panel.series.append(Series(group.label, np.arange(1, fractions.shape[1] + 1), fractions.mean(axis=0) * 100,
+            panel.series.append(Series(group.named_label, np.arange(1, fractions.shape[1] + 1), fractions.mean(axis=0) * 100,
                                        None, group.method, variants[id(group)]))
         if panel.series:
             panels.append(panel)
@@ -425,7 +425,7 @@ def routing_panels(collection: Collection) -> list[Panel]:
                 continue
             columns = sorted((c for c in frames[0] if c.startswith("route_exit")), key=lambda c: int(c[len("route_exit"):]))
             merged = pd.concat([frame[["epoch", *columns]] for frame in frames], ignore_index=True).groupby("epoch", sort=True).mean()
-            label = group.label + (" (the paper's literal loss)" if group.literal else "") + f" (n={len(frames)})"
+            label = f"{group.named_label} (n={len(frames)})"
             panel.series.append(Series(label, merged.index.to_numpy(float), np.zeros(len(merged)), method=group.method,
                                        stack=merged[columns].to_numpy().T))
         if panel.series:

@@ -335,7 +335,7 @@ def table2_exits(collection: Collection) -> list[Table]:
         columns = ["Method", "Criterion", "n"] + [f"Exit {b + 1} (%)" for b in range(widest - 1)] + ["Final (%)"]
         rows = []
         for group in groups:
-            row = [text_cell(group.label), text_cell(_criterion(group)), text_cell(str(group.n))]
+            row = [text_cell(group.named_label), text_cell(_criterion(group)), text_cell(str(group.n))]
             values = fractions[id(group)]
             if values is None:
                 row += [Cell(commands=_commands(group, "op_accuracy", rundir.EVAL)) for _ in range(widest)]
