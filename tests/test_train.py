@@ -286,13 +286,13 @@ def _reference_command(config, path: Path) -> list[str]:
             "--precision", "fp32", "--select-last", "--patience", "0", "--run-dir", str(path)]
 
 
-def _wait_for_first_epoch(process: subprocess.Popen, path: Path, seconds: float = 900) -> None:
+def _wait_for_first_epoch(process: subprocess.Popen, path: Path, seconds: float = 900, log: Path | None = None) -> None:
     """Until the run has saved its first epoch (last.pt). Generous: a fresh environment compiles every module
-    on first import, and the machine may be busy with other training."""
+    on first import, and the machine may be busy with other training. `log`: the child's stderr, if kept."""
     deadline = time.time() + seconds
     while not (path / rundir.LAST).is_file() and time.time() < deadline:
         if process.poll() is not None:
-            said = process.stderr.read() if process.stderr else ""
+            said = log.read_text() if log is not None and log.is_file() else "(its stderr was not kept)"
             raise AssertionError(f"the run ended (exit {process.returncode}) before saving an epoch: {said}")
         time.sleep(0.02)
     assert (path / rundir.LAST).is_file(), f"no epoch saved within {seconds:.0f} s"
@@ -302,14 +302,15 @@ def _wait_for_first_epoch(process: subprocess.Popen, path: Path, seconds: float 
 def test_resume_after_kill_9_equals_an_uninterrupted_run(reference_run, tmp_path):
     config, reference = reference_run
     path = tmp_path / "run"
-    process = subprocess.Popen(_reference_command(config, path), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Wait until the first epoch is saved, then kill the process without warning during the next one.
-    _wait_for_first_epoch(process, path)
-    if (path / rundir.METRICS).is_file():  # let the second epoch get under way (a short sleep: the machine may be busy)
-        seconds = float(rundir.read_csv(path / rundir.METRICS)[0]["seconds"])
-        time.sleep(seconds / 5)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    with open(tmp_path / "stderr.txt", "w") as err:
+        process = subprocess.Popen(_reference_command(config, path), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
+        # Wait until the first epoch is saved, then kill the process without warning during the next one.
+        _wait_for_first_epoch(process, path, log=tmp_path / "stderr.txt")
+        if (path / rundir.METRICS).is_file():  # let the second epoch get under way (a short sleep: the machine may be busy)
+            seconds = float(rundir.read_csv(path / rundir.METRICS)[0]["seconds"])
+            time.sleep(seconds / 5)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
     assert (path / rundir.LAST).is_file(), "the run was killed before it saved an epoch"
     assert not rundir.load_torch(path / rundir.LAST)["finished"], "the run finished before it could be killed"
     done = subprocess.run([sys.executable, "-m", "repro", "train", "--resume", str(path), "--device", "cpu"],
@@ -322,10 +323,13 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(reference_run, tmp_path
 def test_sigterm_leaves_a_resumable_run_and_says_how_to_resume(reference_run, tmp_path):
     config, reference = reference_run
     path = tmp_path / "run"
-    process = subprocess.Popen(_reference_command(config, path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_first_epoch(process, path)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    # Output to files, not pipes: a child that fills an unread pipe would block before it saves an epoch.
+    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
+        process = subprocess.Popen(_reference_command(config, path), cwd=tmp_path, stdout=out, stderr=err, text=True)
+        _wait_for_first_epoch(process, path, log=tmp_path / "stderr.txt")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    stderr = (tmp_path / "stderr.txt").read_text()
     assert process.returncode == 143, stderr  # 128 + SIGTERM, as a shell reports a terminated program
     assert "Traceback" not in stderr
     message = " ".join(stderr.split())
