@@ -9,10 +9,13 @@ weights), on this machine's CPU:
    is the goal figure (>= 0.8 at the middle exits). Calls are interleaved round-robin (one call of each
    configuration per round) so that drift in the machine's speed hits all of them alike; the median and
    the best call of each are reported (other processes sharing the CPU only ever add time).
+   Goal: ratio >= 0.9 at every exit but the first (where MACs predict ~100x with pool heads and the fixed
+   cost of a call dominates; its figure is reported).
 2. Batch size 256, mixed exits: Gaussian-noise images; per-exit entropy thresholds chosen so that an equal
    share of the samples leaves at every exit (1/E each: at exit b, 1/(E-b) of those still in), which
    exercises the shrinking batch at every segment. Throughput of `early_exit_batched` versus `run_plain`
    and the full forward (every exit), with the MAC-predicted speed-up plain_macs / mean MACs.
+   Goal: ratio (measured / MAC-predicted) >= 0.85 for the three models with their default (conv) heads.
 
 Both the report's conv exit head and the cheaper pooled head are measured. Writes
 benchmarks/results/bench_exits.json and bench_exits.md. Usage: python benchmarks/bench_exits.py [--quick]
@@ -31,7 +34,7 @@ import torch
 
 from repro import criteria
 from repro.models import create_model, list_models
-from repro.models.inference import early_exit_batched, early_exit_single, run_all_then_select, run_plain
+from repro.models.inference import early_exit_batched, early_exit_single, run_all_then_select, run_every_exit, run_plain
 from repro.environment import describe_machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -86,13 +89,13 @@ def batch1(model, rounds: int, warmup: int) -> dict:
             "ratio": measured / predicted,
             "ratio_best": measured_best / predicted,
         })
-    middle = exits[1 : model.num_exits - 2]  # the early exits but the first and the last
+    after_first = exits[1:]  # the goal's exits: every exit but the first, the final one included
     return {
         "plain_median_ms": 1e3 * plain["median"],
         "plain_best_ms": 1e3 * plain["best"],
         "exits": exits,
-        "min_ratio_middle_exits": min(e["ratio"] for e in middle) if middle else None,
-        "min_ratio_best_middle_exits": min(e["ratio_best"] for e in middle) if middle else None,
+        "min_ratio_after_first": min(e["ratio"] for e in after_first),
+        "min_ratio_best_after_first": min(e["ratio_best"] for e in after_first),
     }
 
 
@@ -128,14 +131,10 @@ def batched(model, batch_size: int, rounds: int, warmup: int) -> dict:
     fractions = torch.bincount(result.exits, minlength=model.num_exits).double() / batch_size
     mean_macs = result.macs.mean().item()
 
-    def full():
-        with torch.inference_mode():
-            model(x)
-
     times = interleaved_times(
         {
             "plain": lambda: run_plain(model, x),
-            "full": full,
+            "full": lambda: run_every_exit(model, x),
             "early_exit": lambda: early_exit_batched(model, x, "entropy", thresholds),
         },
         rounds,
@@ -155,6 +154,7 @@ def batched(model, batch_size: int, rounds: int, warmup: int) -> dict:
         "measured_speedup": per_image["plain"] / per_image["early_exit"],
         "measured_speedup_vs_full": per_image["full"] / per_image["early_exit"],
         "measured_speedup_best": per_image_best["plain"] / per_image_best["early_exit"],
+        "ratio": per_image["plain"] / per_image["early_exit"] / (model.costs.plain_macs / mean_macs),
     }
 
 
@@ -173,15 +173,15 @@ def to_markdown(report: dict) -> str:
         "interleaved calls)",
         "",
         "Measured = plain-network latency / exit-b latency; predicted = plain MACs / cumulative MACs of exit b; "
-        "ratio = measured / predicted (goal >= 0.8 at the middle exits: all early exits but the first and the last).",
+        "ratio = measured / predicted (goal >= 0.9 at every exit but the first).",
         "",
     ]
     for run in report["runs"]:
         one = run["batch1"]
         lines += [
             f"### {run['model']}, head {run['head']}: plain network {one['plain_median_ms']:.2f} ms median, "
-            f"{one['plain_best_ms']:.2f} ms best; lowest ratio at the middle exits "
-            f"{one['min_ratio_middle_exits']:.2f} (median), {one['min_ratio_best_middle_exits']:.2f} (best)",
+            f"{one['plain_best_ms']:.2f} ms best; lowest ratio after the first exit "
+            f"{one['min_ratio_after_first']:.2f} (median), {one['min_ratio_best_after_first']:.2f} (best)",
             "",
             "| exit | MMACs | median ms | best ms | MAC speed-up | measured (median) | ratio | measured (best) | ratio |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -198,11 +198,12 @@ def to_markdown(report: dict) -> str:
         f"(median of {report['settings']['rounds_batched']} interleaved calls)",
         "",
         "Full = every exit evaluated (the reference's forward). ms per image from the median call; "
-        "the last column uses the best calls.",
+        "the last column uses the best calls. Ratio = measured vs plain / MAC speed-up (goal >= 0.85 with the "
+        "default conv heads).",
         "",
         "| model | head | exit fractions | plain ms/img | full ms/img | early-exit ms/img | MAC speed-up | "
-        "measured vs plain | measured vs full | measured vs plain (best) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "measured vs plain | ratio | measured vs full | measured vs plain (best) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in report["runs"]:
         b = run["batched"]
@@ -210,7 +211,8 @@ def to_markdown(report: dict) -> str:
         lines.append(
             f"| {run['model']} | {run['head']} | {' '.join(f'{f:.2f}' for f in b['exit_fractions'])} | "
             f"{ms['plain']:.3f} | {ms['full']:.3f} | {ms['early_exit']:.3f} | {b['macs_speedup']:.2f} | "
-            f"{b['measured_speedup']:.2f} | {b['measured_speedup_vs_full']:.2f} | {b['measured_speedup_best']:.2f} |"
+            f"{b['measured_speedup']:.2f} | {b['ratio']:.2f} | {b['measured_speedup_vs_full']:.2f} | "
+            f"{b['measured_speedup_best']:.2f} |"
         )
     lines.append("")
     return "\n".join(lines)
@@ -223,7 +225,7 @@ def main() -> None:
     parser.add_argument("--heads", nargs="*", default=["conv", "pool"])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=40, help="timed calls per configuration at batch size 1")
-    parser.add_argument("--batch-rounds", type=int, default=3, help="timed calls per configuration at batch 256")
+    parser.add_argument("--batch-rounds", type=int, default=7, help="timed calls per configuration at batch 256")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -90,7 +90,7 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
 
     Returns timing.json's body without the device and operating point.
     """
-    from repro.models.inference import early_exit_batched, early_exit_single, run_plain
+    from repro.models.inference import early_exit_batched, early_exit_single, run_every_exit, run_plain
 
     if len(x) == 0:
         raise ReproError("no images to time")
@@ -98,13 +98,9 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
     now = _clock(device)
     model.eval()
 
-    def full(batch):
-        with torch.inference_mode():
-            return model(batch)
-
     paths = {
         "plain": lambda batch: run_plain(model, batch),
-        "full": full,
+        "full": lambda batch: run_every_exit(model, batch),
         "early_exit": lambda batch: early_exit_single(model, batch, criterion, thresholds),
     }
     for path in paths.values():
@@ -137,7 +133,7 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
     batched, batched_rounds = _time_batches(
         {
             "plain": lambda batch: run_plain(model, batch),
-            "full": full,
+            "full": lambda batch: run_every_exit(model, batch),
             "early_exit": lambda batch: early_exit_batched(model, batch, criterion, thresholds),
         },
         batches, rounds, now,

@@ -13,9 +13,11 @@ from repro import criteria
 from repro.errors import ReproError
 from repro.models import create_model, list_models
 from repro.models.inference import (
+    CHANNELS_LAST_MIN_BATCH,
     EarlyExitResult,
     early_exit_batched,
     early_exit_single,
+    fastest_layout,
     run_all_then_select,
     run_plain,
 )
@@ -127,6 +129,27 @@ def test_batched_chunks_agree_and_empty_input_works():
     assert torch.equal(whole.exits, chunked.exits) and torch.equal(whole.predictions, chunked.predictions)
     empty = early_exit_batched(model, x[:0], "gate", thresholds)
     assert empty.exits.shape == empty.predictions.shape == empty.macs.shape == (0,)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_large_batches_run_channels_last_and_still_equal_the_reference(name):
+    """Batches of CHANNELS_LAST_MIN_BATCH images or more run in channels-last layout (faster on a CPU);
+    the skipping paths, chunked or not, still agree with the reference, and the plain network's logits are
+    the same numbers as in the default layout (float64: equal up to summation order)."""
+    n = CHANNELS_LAST_MIN_BATCH + 6
+    model = tiny(name, (3, 32), "default")
+    x = images((3, 32), n=n)
+    assert fastest_layout(x).is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(memory_format=torch.channels_last)
+    assert fastest_layout(x[: CHANNELS_LAST_MIN_BATCH - 1]).is_contiguous()
+    assert torch.allclose(run_plain(model, x), model.backbone(x), rtol=1e-12, atol=1e-12)
+    for seed, criterion in enumerate(criteria.CRITERIA):
+        thresholds = midpoint_thresholds(model, x, criterion, seed)
+        reference = run_all_then_select(model, x, criterion, thresholds)
+        for result in (early_exit_batched(model, x, criterion, thresholds),
+                       early_exit_batched(model, x, criterion, thresholds, batch_size=CHANNELS_LAST_MIN_BATCH),
+                       early_exit_single(model, x, criterion, thresholds)):
+            assert torch.equal(result.exits, reference.exits) and torch.equal(result.predictions, reference.predictions)
+        assert len(set(reference.exits.tolist())) >= 2
 
 
 def test_a_model_without_early_exits_runs_every_path():
