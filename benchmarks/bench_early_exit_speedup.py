@@ -116,7 +116,7 @@ def main(args) -> dict:
         "timing_threads": args.threads,
         "load_average_1min": timing.get("load_average_1min"),
         "seconds": seconds,
-        "run_dir": str(run.path.relative_to(ROOT)) if run.path.resolve().is_relative_to(ROOT) else str(run.path),
+        "run_dir": str(run.path.resolve().relative_to(ROOT)) if run.path.resolve().is_relative_to(ROOT) else str(run.path),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "cuda" if device.startswith("cuda") else "cpu"
