@@ -18,7 +18,7 @@ weights), on this machine's CPU:
    Goal: ratio (measured / MAC-predicted) >= 0.85 for the three models with their default (conv) heads.
 
 Both the report's conv exit head and the cheaper pooled head are measured. Writes
-benchmarks/results/bench_exits.json and bench_exits.md. Usage: python benchmarks/bench_exits.py [--quick]
+benchmarks/results/bench_exits.json and bench_exits.md. Usage: python benchmarks/bench_exits.py [--quick] [--device cuda]
 """
 
 from __future__ import annotations
@@ -35,25 +35,28 @@ import torch
 from repro import criteria
 from repro.models import create_model, list_models
 from repro.models.inference import early_exit_batched, early_exit_single, run_all_then_select, run_every_exit, run_plain
-from repro.environment import describe_machine
+from repro.environment import describe_machine, select_device
+from repro.errors import ReproError
+from repro.timing import wall_clock as clock
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def interleaved_times(calls: dict, rounds: int, warmup: int) -> dict[str, dict[str, float]]:
+def interleaved_times(calls: dict, rounds: int, warmup: int, now=time.perf_counter) -> dict[str, dict[str, float]]:
     """Median and best (minimum) seconds per call of each zero-argument function, one call each per round.
 
     The minimum is reported beside the median because other processes may share the CPU: their load only
-    ever adds time, so the best call is the closest to the machine's own speed."""
+    ever adds time, so the best call is the closest to the machine's own speed. `now`: the clock (on a GPU
+    one that synchronises first, repro.timing's, so that a call's time includes its queued work)."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
     times = {name: [] for name in calls}
     for _ in range(rounds):
         for name, fn in calls.items():
-            start = time.perf_counter()
+            start = now()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     return {name: {"median": statistics.median(values), "best": min(values)} for name, values in times.items()}
 
 
@@ -61,8 +64,8 @@ def forcing_thresholds(num_exits: int, exit_index: int) -> list[float]:
     return [1.0 if b == exit_index else 0.0 for b in range(num_exits - 1)]
 
 
-def batch1(model, rounds: int, warmup: int) -> dict:
-    x = torch.randn(1, *model.input_shape)
+def batch1(model, rounds: int, warmup: int, device: torch.device) -> dict:
+    x = torch.randn(1, *model.input_shape, device=device)
     costs = model.costs
     calls = {"plain": lambda: run_plain(model, x)}
     for b in range(model.num_exits):
@@ -70,7 +73,7 @@ def batch1(model, rounds: int, warmup: int) -> dict:
         taken = early_exit_single(model, x, "entropy", thresholds).exits.item()
         assert taken == b, f"forcing exit {b} took exit {taken}"
         calls[f"exit{b}"] = lambda thresholds=thresholds: early_exit_single(model, x, "entropy", thresholds)
-    times = interleaved_times(calls, rounds, warmup)
+    times = interleaved_times(calls, rounds, warmup, clock(device))
     plain = times["plain"]
     exits = []
     for b in range(model.num_exits):
@@ -104,7 +107,7 @@ def spread_thresholds(model, x: torch.Tensor) -> list[float]:
     the samples still in leave (threshold midway between the last leaver and the next score)."""
     out = model(x)
     score = criteria.scores("entropy", torch.stack(out.logits)).double()
-    still_in = torch.ones(len(x), dtype=torch.bool)
+    still_in = torch.ones(len(x), dtype=torch.bool, device=x.device)
     thresholds = []
     for b in range(model.num_exits - 1):
         remaining = score[b][still_in].sort().values
@@ -120,8 +123,8 @@ def spread_thresholds(model, x: torch.Tensor) -> list[float]:
     return thresholds
 
 
-def batched(model, batch_size: int, rounds: int, warmup: int) -> dict:
-    x = torch.randn(batch_size, *model.input_shape)
+def batched(model, batch_size: int, rounds: int, warmup: int, device: torch.device) -> dict:
+    x = torch.randn(batch_size, *model.input_shape, device=device)
     model.eval()
     with torch.inference_mode():
         thresholds = spread_thresholds(model, x)
@@ -139,6 +142,7 @@ def batched(model, batch_size: int, rounds: int, warmup: int) -> dict:
         },
         rounds,
         warmup,
+        clock(device),
     )
     per_image = {name: 1e3 * t["median"] / batch_size for name, t in times.items()}
     per_image_best = {name: 1e3 * t["best"] / batch_size for name, t in times.items()}
@@ -228,34 +232,39 @@ def main() -> None:
     parser.add_argument("--batch-rounds", type=int, default=7, help="timed calls per configuration at batch 256")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timed with CUDA synchronisation around every call)")
     args = parser.parse_args()
     rounds, batch_rounds = (3, 1) if args.quick else (args.rounds, args.batch_rounds)
     torch.set_num_threads(args.threads)
+    try:
+        device = select_device(args.device)
+    except ReproError as error:
+        raise SystemExit(str(error)) from None
     load_before = os.getloadavg()[0]
     torch.manual_seed(0)
     started = time.perf_counter()
     runs = []
     for name in args.models:
         for head in args.heads:
-            model = create_model(name, 10, 3, 32, head=head).eval()
+            model = create_model(name, 10, 3, 32, head=head).eval().to(device)
             runs.append({
                 "model": name,
                 "head": head,
                 "plain_macs": model.costs.plain_macs,
                 "cumulative_macs": model.costs.cumulative_macs,
-                "batch1": batch1(model, rounds, warmup=max(2, rounds // 10)),
-                "batched": batched(model, args.batch_size, batch_rounds, warmup=1),
+                "batch1": batch1(model, rounds, warmup=max(2, rounds // 10), device=device),
+                "batched": batched(model, args.batch_size, batch_rounds, warmup=1, device=device),
             })
             print(f"{name} head={head}: done at {time.perf_counter() - started:.0f} s", flush=True)
     report = {
-        "machine": {**describe_machine(), "load_before": load_before, "load_after": os.getloadavg()[0]},
+        "machine": {**describe_machine(device), "load_before": load_before, "load_after": os.getloadavg()[0]},
         "settings": {"rounds_batch1": rounds, "rounds_batched": batch_rounds, "batch_size": args.batch_size,
                      "criterion": "entropy", "input": "3x32x32 Gaussian noise", "num_classes": 10},
         "seconds": time.perf_counter() - started,
         "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + ("" if device.type == "cpu" else f"_{device.type}")
     (args.out / f"bench_exits{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"bench_exits{suffix}.md").write_text(to_markdown(report))
     print(to_markdown(report))

@@ -46,7 +46,7 @@ REPEATS = 3  # passes over all images, each giving one speed-up: their spread sa
 SPREAD_WARNING = 0.2  # a relative spread of the repeats' speed-ups above this is too large to read a speed-up from
 
 
-def _clock(device: torch.device):
+def wall_clock(device: torch.device):
     """A wall clock that waits for queued GPU work first, so a timed region ends when its work does."""
     if device.type == "cuda":
         def now() -> float:
@@ -95,7 +95,7 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
     if len(x) == 0:
         raise ReproError("no images to time")
     device = x.device
-    now = _clock(device)
+    now = wall_clock(device)
     model.eval()
 
     paths = {
