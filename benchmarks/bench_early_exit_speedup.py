@@ -44,7 +44,7 @@ def main(args) -> dict:
     from repro.steps import evaluate_run, sweep_run, time_run
 
     data = Path(args.data)
-    if not data.exists():
+    if not args.from_run and not data.exists():  # a copied run reads the data its config.json names
         raise SystemExit(f"CIFAR-10 JPEG copy not found at {data}; see /work/shared/data/README.md")
     device = str(select_device(args.device))
     seconds = {}
@@ -81,8 +81,9 @@ def main(args) -> dict:
     swept = sweep_run(run, criterion="entropy", target={"max_drop": args.max_drop})
     seconds["sweep"] = time.perf_counter() - start
     calibration = swept.calibration
-    # eval's default operating point for an entropy method is this same calibration (max drop 1 point).
-    if args.max_drop == 1.0:
+    # eval's default operating point for an entropy method is this same calibration (max drop 1 point); a
+    # copied run of another method is timed at its own eval.json operating point, which the summary names.
+    if args.max_drop == 1.0 and not args.from_run:
         assert evaluation["operating_point"]["thresholds"] == calibration.thresholds
 
     start = time.perf_counter()
@@ -96,6 +97,7 @@ def main(args) -> dict:
                  f"{config.classifier} classifier, head {config.head}), {len(config.exits or [])} early exits",
         "method": f"{config.method} (timed at eval.json's operating point: {evaluation['operating_point']['how']})",
         "source_run": args.from_run,
+        "epochs": config.epochs,
         "epochs_trained": fit.epochs_done if fit else None,
         "selected_epoch": fit.selected_epoch if fit else None,
         "calibration": calibration.to_dict(),
@@ -125,6 +127,7 @@ def main(args) -> dict:
     return summary
 
 
+COPY_MARKER = "copied-by-bench.txt"
 COPIED_FILES = ("config.json", "env.json", "state.json", "metrics.csv", "train.log", "checkpoint.pt", "outputs.pt", "eval.json")
 
 
@@ -135,10 +138,16 @@ def copy_run(source: Path, run_dir: str | None, device: str):
     if not (source / "checkpoint.pt").exists():
         raise SystemExit(f"{source} has no checkpoint.pt: train it first (its small files alone cannot be timed)")
     target = Path(run_dir or ROOT / "runs" / f"bench-speedup-{source.name}-{device}")
-    if target.resolve() == source.resolve():
-        raise SystemExit("--run-dir must not be the source run: the benchmark writes its own eval, sweep and timing")
-    shutil.rmtree(target, ignore_errors=True)
+    inside = target.resolve().is_relative_to(source.resolve()) or source.resolve().is_relative_to(target.resolve())
+    if inside:
+        raise SystemExit(f"--run-dir {target} must lie outside the source run {source} (and not contain it)")
+    if target.exists():
+        # Only an earlier copy is replaced: never a folder the benchmark did not make.
+        if not (target / COPY_MARKER).exists():
+            raise SystemExit(f"{target} exists and is not an earlier copy made by this benchmark; choose another --run-dir")
+        shutil.rmtree(target)
     target.mkdir(parents=True)
+    (target / COPY_MARKER).write_text(f"copied from {source} by benchmarks/bench_early_exit_speedup.py\n")
     for name in COPIED_FILES:
         if (source / name).exists():
             shutil.copy2(source / name, target / name)

@@ -1,12 +1,13 @@
 """Does early exiting save wall-clock time in proportion to the MACs it saves? (not a test)
 
 For each model at full width (3x32x32 inputs, 10 classes, random weights; timings do not depend on the
-weights), on this machine's CPU:
+weights), on this machine's CPU (or its GPU with --device cuda: every call timed with CUDA synchronisation,
+TF32 off so that float32 means float32 and the exactness check holds):
 
 1. Batch size 1: every sample forced out at exit b (entropy thresholds 1 at b, 0 before it) through
    `early_exit_single`, versus `run_plain` (the network without exits). Measured speed-up =
    plain latency / exit-b latency; MAC-predicted speed-up = plain_macs / cumulative_macs[b]; their ratio
-   is the goal figure (>= 0.8 at the middle exits). Calls are interleaved round-robin (one call of each
+   is the goal figure. Calls are interleaved round-robin (one call of each
    configuration per round) so that drift in the machine's speed hits all of them alike; the median and
    the best call of each are reported (other processes sharing the CPU only ever add time).
    Goal: ratio >= 0.9 at every exit but the first (where MACs predict ~100x with pool heads and the fixed
@@ -16,6 +17,8 @@ weights), on this machine's CPU:
    exercises the shrinking batch at every segment. Throughput of `early_exit_batched` versus `run_plain`
    and the full forward (every exit), with the MAC-predicted speed-up plain_macs / mean MACs.
    Goal: ratio (measured / MAC-predicted) >= 0.85 for the three models with their default (conv) heads.
+3. Memory layout: the plain network's ms per image at batch sizes 1-256 in the default (NCHW) and the
+   channels-last layout, the measurement behind repro.models.inference.CHANNELS_LAST_MIN_BATCH.
 
 Both the report's conv exit head and the cheaper pooled head are measured. Writes
 benchmarks/results/bench_exits.json and bench_exits.md. Usage: python benchmarks/bench_exits.py [--quick] [--device cuda]
@@ -64,7 +67,10 @@ def forcing_thresholds(num_exits: int, exit_index: int) -> list[float]:
     return [1.0 if b == exit_index else 0.0 for b in range(num_exits - 1)]
 
 
-def batch1(model, rounds: int, warmup: int, device: torch.device) -> dict:
+def batch1(model, rounds: int, warmup: int, device: torch.device, passes: int) -> dict:
+    """`passes` independent interleaved measurements: each gives a ratio per exit, and the reported ratio
+    is their median with their range beside it. On this shared VM a whole pass can run in a slow phase in
+    which small calls (many short parallel regions) slow down more than the plain network's large ones."""
     x = torch.randn(1, *model.input_shape, device=device)
     costs = model.costs
     calls = {"plain": lambda: run_plain(model, x)}
@@ -73,29 +79,32 @@ def batch1(model, rounds: int, warmup: int, device: torch.device) -> dict:
         taken = early_exit_single(model, x, "entropy", thresholds).exits.item()
         assert taken == b, f"forcing exit {b} took exit {taken}"
         calls[f"exit{b}"] = lambda thresholds=thresholds: early_exit_single(model, x, "entropy", thresholds)
-    times = interleaved_times(calls, rounds, warmup, clock(device))
-    plain = times["plain"]
+    runs = [interleaved_times(calls, rounds, warmup, clock(device)) for _ in range(passes)]
+    plain_median = statistics.median(run["plain"]["median"] for run in runs)
+    plain_best = min(run["plain"]["best"] for run in runs)
     exits = []
     for b in range(model.num_exits):
-        exit_times = times[f"exit{b}"]
-        measured = plain["median"] / exit_times["median"]
-        measured_best = plain["best"] / exit_times["best"]
+        name = f"exit{b}"
         predicted = costs.plain_macs / costs.cumulative_macs[b]
+        ratios = [run["plain"]["median"] / run[name]["median"] / predicted for run in runs]
+        median = statistics.median(run[name]["median"] for run in runs)
+        best = min(run[name]["best"] for run in runs)
         exits.append({
             "exit": b,
-            "median_ms": 1e3 * exit_times["median"],
-            "best_ms": 1e3 * exit_times["best"],
+            "median_ms": 1e3 * median,
+            "best_ms": 1e3 * best,
             "cumulative_macs": costs.cumulative_macs[b],
-            "measured_speedup": measured,
-            "measured_speedup_best": measured_best,
+            "measured_speedup": statistics.median(ratios) * predicted,
+            "measured_speedup_best": plain_best / best,
             "macs_speedup": predicted,
-            "ratio": measured / predicted,
-            "ratio_best": measured_best / predicted,
+            "ratio": statistics.median(ratios),
+            "ratio_passes": ratios,
+            "ratio_best": plain_best / best / predicted,
         })
     after_first = exits[1:]  # the goal's exits: every exit but the first, the final one included
     return {
-        "plain_median_ms": 1e3 * plain["median"],
-        "plain_best_ms": 1e3 * plain["best"],
+        "plain_median_ms": 1e3 * plain_median,
+        "plain_best_ms": 1e3 * plain_best,
         "exits": exits,
         "min_ratio_after_first": min(e["ratio"] for e in after_first),
         "min_ratio_best_after_first": min(e["ratio_best"] for e in after_first),
@@ -162,6 +171,22 @@ def batched(model, batch_size: int, rounds: int, warmup: int, device: torch.devi
     }
 
 
+LAYOUT_BATCH_SIZES = (1, 4, 16, 32, 64, 128, 256)
+
+
+def layouts(model, rounds: int, device: torch.device) -> dict:
+    """Plain-network ms per image at each batch size, default layout vs channels-last (interleaved)."""
+    rows = []
+    for n in LAYOUT_BATCH_SIZES:
+        x = torch.randn(n, *model.input_shape, device=device)
+        cl = x.contiguous(memory_format=torch.channels_last)
+        calls = {"default": lambda: model.backbone(x), "channels_last": lambda: model.backbone(cl)}
+        with torch.inference_mode():
+            times = interleaved_times(calls, max(3, rounds * 4 // n), 1, clock(device))
+        rows.append({"batch_size": n, **{name: 1e3 * t["median"] / n for name, t in times.items()}})
+    return {"ms_per_image": rows}
+
+
 def to_markdown(report: dict) -> str:
     machine = report["machine"]
     lines = [
@@ -169,15 +194,18 @@ def to_markdown(report: dict) -> str:
         "",
         f"Machine: {machine['device']}, torch {machine['torch']}, Python {machine['python']}. "
         f"Written by `benchmarks/bench_exits.py` ({report['seconds']:.0f} s). Load average (1 min) "
-        f"{machine['load_before']:.1f} before and {machine['load_after']:.1f} after: other processes shared the "
-        "CPU, so each figure is given for the median call and for the best (least disturbed) call.",
+        f"{machine['load_before']:.1f} before and {machine['load_after']:.1f} after (a 1-minute average lags: it "
+        "counts the minute before the start too); each figure is given for the median call and for the best "
+        "(least disturbed) call, since other processes only ever add time.",
         "Models at full width, 3x32x32 inputs, 10 classes, random weights, float32, eval mode.",
         "",
-        f"## Batch size 1: every sample forced out at exit b (median of {report['settings']['rounds_batch1']} "
-        "interleaved calls)",
+        f"## Batch size 1: every sample forced out at exit b ({report['settings']['passes_batch1']} passes of "
+        f"{report['settings']['rounds_batch1']} interleaved calls each)",
         "",
         "Measured = plain-network latency / exit-b latency; predicted = plain MACs / cumulative MACs of exit b; "
-        "ratio = measured / predicted (goal >= 0.9 at every exit but the first).",
+        "ratio = measured / predicted, the median over passes of (median plain latency / median exit-b latency) / "
+        "predicted, with its range over passes (goal >= 0.9 at every exit but the first); best = from the fastest "
+        "call of each over all passes.",
         "",
     ]
     for run in report["runs"]:
@@ -187,13 +215,14 @@ def to_markdown(report: dict) -> str:
             f"{one['plain_best_ms']:.2f} ms best; lowest ratio after the first exit "
             f"{one['min_ratio_after_first']:.2f} (median), {one['min_ratio_best_after_first']:.2f} (best)",
             "",
-            "| exit | MMACs | median ms | best ms | MAC speed-up | measured (median) | ratio | measured (best) | ratio |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| exit | MMACs | median ms | best ms | MAC speed-up | measured (median) | ratio | ratio range | measured (best) | ratio |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for e in one["exits"]:
             lines.append(
                 f"| {e['exit']} | {e['cumulative_macs'] / 1e6:.1f} | {e['median_ms']:.2f} | {e['best_ms']:.2f} | "
                 f"{e['macs_speedup']:.2f} | {e['measured_speedup']:.2f} | {e['ratio']:.2f} | "
+                f"{min(e['ratio_passes']):.2f}-{max(e['ratio_passes']):.2f} | "
                 f"{e['measured_speedup_best']:.2f} | {e['ratio_best']:.2f} |"
             )
         lines.append("")
@@ -219,6 +248,17 @@ def to_markdown(report: dict) -> str:
             f"{b['measured_speedup_best']:.2f} |"
         )
     lines.append("")
+    lines += [
+        "## Memory layout: the plain network's ms per image, default (NCHW) / channels-last",
+        "",
+        "| model | " + " | ".join(f"batch {n}" for n in LAYOUT_BATCH_SIZES) + " |",
+        "| --- |" + " ---: |" * len(LAYOUT_BATCH_SIZES),
+    ]
+    for run in report["runs"]:
+        if "layouts" in run:
+            cells = [f"{row['default']:.2f} / {row['channels_last']:.2f}" for row in run["layouts"]["ms_per_image"]]
+            lines.append(f"| {run['model']} | " + " | ".join(cells) + " |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -229,17 +269,19 @@ def main() -> None:
     parser.add_argument("--heads", nargs="*", default=["conv", "pool"])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=40, help="timed calls per configuration at batch size 1")
+    parser.add_argument("--passes", type=int, default=3, help="independent batch-1 measurements (median and range reported)")
     parser.add_argument("--batch-rounds", type=int, default=7, help="timed calls per configuration at batch 256")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (timed with CUDA synchronisation around every call)")
     args = parser.parse_args()
-    rounds, batch_rounds = (3, 1) if args.quick else (args.rounds, args.batch_rounds)
+    rounds, batch_rounds, passes = (3, 1, 1) if args.quick else (args.rounds, args.batch_rounds, args.passes)
     torch.set_num_threads(args.threads)
     try:
         device = select_device(args.device)
     except ReproError as error:
         raise SystemExit(str(error)) from None
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     load_before = os.getloadavg()[0]
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -252,13 +294,14 @@ def main() -> None:
                 "head": head,
                 "plain_macs": model.costs.plain_macs,
                 "cumulative_macs": model.costs.cumulative_macs,
-                "batch1": batch1(model, rounds, warmup=max(2, rounds // 10), device=device),
+                "batch1": batch1(model, rounds, warmup=max(2, rounds // 10), device=device, passes=passes),
                 "batched": batched(model, args.batch_size, batch_rounds, warmup=1, device=device),
+                **({"layouts": layouts(model, rounds, device)} if head == "conv" else {}),
             })
             print(f"{name} head={head}: done at {time.perf_counter() - started:.0f} s", flush=True)
     report = {
         "machine": {**describe_machine(device), "load_before": load_before, "load_after": os.getloadavg()[0]},
-        "settings": {"rounds_batch1": rounds, "rounds_batched": batch_rounds, "batch_size": args.batch_size,
+        "settings": {"rounds_batch1": rounds, "passes_batch1": passes, "rounds_batched": batch_rounds, "batch_size": args.batch_size,
                      "criterion": "entropy", "input": "3x32x32 Gaussian noise", "num_classes": 10},
         "seconds": time.perf_counter() - started,
         "runs": runs,

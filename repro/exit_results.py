@@ -43,12 +43,13 @@ def collect_outputs(model, method, images: torch.Tensor, labels: torch.Tensor, m
                     store_gates: bool) -> SplitPass:
     """Every exit's logits (and gates) over one split, batched, in inference mode; results on the CPU."""
     from repro.data import DeviceLoader
+    from repro.models.inference import in_layout
 
     loader = DeviceLoader(images, labels, batch_size, device, mean, std)
     logits, gates, targets, method_correct = [], [], [], 0
     with torch.inference_mode():
         for x, y in loader:
-            out = model(x)
+            out = model(in_layout(x, batch_size))  # the layout batched early exit runs in: the same numbers
             logits.append(torch.stack([f.float() for f in out.logits]).cpu())
             if store_gates:
                 gates.append(torch.stack([g.float() for g in out.gates]).cpu())

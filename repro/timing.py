@@ -5,7 +5,7 @@ same weights, on the same device, interleaved image by image at batch size 1 so 
 speed or load hit all three alike:
 
 - `plain`: the network without exits (`repro.models.inference.run_plain`: backbone and final classifier);
-- `full`: the multi-exit network run to the end (every branch and gate evaluated, `model(x)`);
+- `full`: the multi-exit network run to the end (every branch and gate evaluated, `run_every_exit`);
 - `early_exit`: real early exit at the run's operating point (eval.json), which skips the rest of the
   network once an exit fires (`early_exit_single` at batch 1, `early_exit_batched` in batches, where the
   samples that left are dropped before the next segment runs).

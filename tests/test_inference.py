@@ -17,8 +17,8 @@ from repro.models.inference import (
     EarlyExitResult,
     early_exit_batched,
     early_exit_single,
-    fastest_layout,
     run_all_then_select,
+    run_every_exit,
     run_plain,
 )
 
@@ -61,6 +61,15 @@ def forcing_thresholds(model, exit_index):
     return [1.0 if b == exit_index else 0.0 for b in range(model.num_exits - 1)]
 
 
+def skipped_gate_macs(model, exits, criterion) -> float:
+    """MACs of the gates that the cost model counts for these exits but the skipping paths do not compute:
+    every gate on the way for entropy and top probability (they never read one), none for the gate criterion."""
+    if criterion == "gate":
+        return 0.0
+    gates = model.costs.gate_macs
+    return float(sum(sum(gates[: min(e + 1, len(gates))]) for e in exits.tolist()))
+
+
 def counted_flops(fn, *args):
     with FlopCounterMode(display=False) as counter:
         result = fn(*args)
@@ -89,8 +98,10 @@ def test_skipping_paths_equal_the_reference(name, shape, exits):
             criterion, thresholds, torch.stack(out.logits), torch.stack(out.gates)
         )
         assert torch.equal(reference.exits, exits_direct) and torch.equal(reference.predictions, predictions_direct)
-        # Both paths did exactly the work of the exits taken (FLOPs = 2 x MACs), no more.
-        assert single_flops == batched_flops == 2 * reference.macs.sum().item()
+        # Both paths did exactly the work of the exits taken (FLOPs = 2 x MACs), no more, less the gates
+        # that the criterion does not read.
+        spent = reference.macs.sum().item() - skipped_gate_macs(model, reference.exits, criterion)
+        assert single_flops == batched_flops == 2 * spent
         seen_exits.update(reference.exits.tolist())
     assert len(seen_exits) >= 2  # the thresholds really spread samples over exits
 
@@ -102,11 +113,17 @@ def test_forced_exit_spends_exactly_that_exits_cost(name, shape, exit_index):
     model = tiny(name, shape, "default")
     thresholds = forcing_thresholds(model, exit_index)
     cost = model.costs.cumulative_macs[exit_index]
+    gates = sum(model.costs.gate_macs[: exit_index + 1])  # entropy reads no gate
+    assert gates > 0
     flops, single = counted_flops(early_exit_single, model, images(shape, n=1), "entropy", thresholds)
     assert single.exits.tolist() == [exit_index] and single.macs.tolist() == [cost]
-    assert flops == 2 * cost
+    assert flops == 2 * (cost - gates)
     flops, batched = counted_flops(early_exit_batched, model, images(shape, n=4), "entropy", thresholds)
-    assert batched.exits.tolist() == [exit_index] * 4 and flops == 2 * 4 * cost
+    assert batched.exits.tolist() == [exit_index] * 4 and flops == 2 * 4 * (cost - gates)
+    # gate >= 1 never fires (sigmoid < 1 here), gate >= 0 always does
+    gate_thresholds = [0.0 if b == exit_index else 1.0 for b in range(model.num_exits - 1)]
+    flops, gated = counted_flops(early_exit_single, model, images(shape, n=1), "gate", gate_thresholds)
+    assert gated.exits.tolist() == [exit_index] and flops == 2 * cost  # the gate criterion computes every gate
 
 
 def test_nothing_fires_then_everything_leaves_at_the_final_exit():
@@ -132,15 +149,58 @@ def test_batched_chunks_agree_and_empty_input_works():
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_large_batches_run_channels_last_and_still_equal_the_reference(name):
-    """Batches of CHANNELS_LAST_MIN_BATCH images or more run in channels-last layout (faster on a CPU);
-    the skipping paths, chunked or not, still agree with the reference, and the plain network's logits are
-    the same numbers as in the default layout (float64: equal up to summation order)."""
+def test_a_call_runs_in_one_layout_chosen_by_its_size(name):
+    """Calls of CHANNELS_LAST_MIN_BATCH images or more run channels-last (faster on a CPU), every chunk and
+    every shrinking sub-batch of the call included; smaller calls and batch 1 keep the default layout."""
+    model = tiny(name, (3, 32), "default")
+    model.costs  # measured once, on one image: not a call of a path
+    seen = {"first": [], "last": []}
+    model.stages[0].register_forward_pre_hook(lambda module, args: seen["first"].append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    model.stages[-1].register_forward_pre_hook(lambda module, args: seen["last"].append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    never = [0.0] * (model.num_exits - 1)  # entropy 0 never fires: every sample reaches the last stage
+    paths = {
+        "plain": lambda x: run_plain(model, x),
+        "every exit": lambda x: run_every_exit(model, x),
+        "reference": lambda x: run_all_then_select(model, x, "entropy", never),
+        "batched": lambda x: early_exit_batched(model, x, "entropy", never),
+        "chunked": lambda x: early_exit_batched(model, x, "entropy", never, batch_size=16),
+    }
+    for n, channels_last in ((CHANNELS_LAST_MIN_BATCH + 6, True), (CHANNELS_LAST_MIN_BATCH - 1, False)):
+        for path_name, path in paths.items():
+            seen["first"].clear(), seen["last"].clear()
+            path(images((3, 32), n=n))
+            assert seen["first"] and seen["last"], path_name
+            assert set(seen["first"]) == set(seen["last"]) == {channels_last}, (path_name, n)
+    seen["first"].clear()
+    early_exit_single(model, images((3, 32), n=CHANNELS_LAST_MIN_BATCH), "entropy", never)
+    assert set(seen["first"]) == {False}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_float32_calls_agree_bit_for_bit_even_with_thresholds_on_a_score(name):
+    """In float32, with each threshold exactly on one sample's score (a calibrated quantile can be), the
+    batched path, whole or chunked, still takes the reference's exits: the same layout gives the same
+    numbers. Large enough for channels-last."""
+    torch.manual_seed(0)
+    model = create_model(name, 5, 3, 32, width=WIDTH).eval()
+    x = images((3, 32), n=CHANNELS_LAST_MIN_BATCH + 16).float()
+    out = run_every_exit(model, x)
+    for criterion in criteria.CRITERIA:
+        score = criteria.scores(criterion, torch.stack(out.logits), torch.stack(out.gates)).double()
+        thresholds = score.median(dim=1).values.tolist()  # a sample's own score at every early exit
+        reference = run_all_then_select(model, x, criterion, thresholds)
+        for result in (early_exit_batched(model, x, criterion, thresholds),
+                       early_exit_batched(model, x, criterion, thresholds, batch_size=16)):
+            assert torch.equal(result.exits, reference.exits) and torch.equal(result.predictions, reference.predictions)
+        assert len(set(reference.exits.tolist())) >= 2
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_large_batches_still_equal_the_reference(name):
+    """float64, thresholds between scores: channels-last calls agree with the reference like any other."""
     n = CHANNELS_LAST_MIN_BATCH + 6
     model = tiny(name, (3, 32), "default")
     x = images((3, 32), n=n)
-    assert fastest_layout(x).is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(memory_format=torch.channels_last)
-    assert fastest_layout(x[: CHANNELS_LAST_MIN_BATCH - 1]).is_contiguous()
     assert torch.allclose(run_plain(model, x), model.backbone(x), rtol=1e-12, atol=1e-12)
     for seed, criterion in enumerate(criteria.CRITERIA):
         thresholds = midpoint_thresholds(model, x, criterion, seed)

@@ -9,7 +9,8 @@ exactly with its `select_exits` reference:
 - `run_all_then_select`: the reference: every exit for every sample (`run_every_exit`), then
   `criteria.select_exits`.
 - `run_plain`: the network without exits (backbone and final classifier only), the speed-up baseline.
-MACs per sample are the model's measured cumulative cost of the exit taken (repro.models.costs).
+MACs per sample are the model's measured cumulative cost of the exit taken (repro.models.costs; it counts
+every gate on the way, which only the gate criterion computes).
 The model runs in eval mode (switched for the call and switched back when it was training).
 """
 
@@ -50,19 +51,29 @@ def _prepare(model, x: torch.Tensor, criterion: str, thresholds) -> list[float]:
     return check_thresholds(thresholds, model.num_exits - 1).tolist()
 
 
-# Batches of at least this many images run in channels-last layout on a CPU: oneDNN's convolutions then
+# Calls with at least this many images run in channels-last layout on a CPU: oneDNN's convolutions then
 # skip a layout conversion per layer. Measured on this project's 2-core CPU (benchmarks/bench_exits.py,
-# full-width models, float32): the plain VGG-13 at batch 256 17% faster (3.0 -> 2.6 ms per image), at
-# batch 64 8% faster, at 32 even, at batch 1-16 up to 40% slower; so batch 1 keeps the default layout.
+# "memory layout", full-width models, float32): the plain networks 1.1-1.2x faster at batch 256 and from
+# about 96 images up, within a few percent either way at 32-64, up to 1.4x slower at batch 1-16; so batch 1
+# keeps the default layout.
 CHANNELS_LAST_MIN_BATCH = 64
 
 
-def fastest_layout(x: torch.Tensor) -> torch.Tensor:
-    """x [N, C, H, W] in the memory layout its batch runs fastest in (same values, so the same outputs up
-    to the rounding of a different convolution kernel, like any change of batch size)."""
-    if x.device.type == "cpu" and len(x) >= CHANNELS_LAST_MIN_BATCH:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+def memory_layout(device: torch.device, batch_size: int) -> torch.memory_format:
+    """The layout a call of `batch_size` images runs in on `device`.
+
+    Chosen once per call (never per chunk or per shrinking sub-batch): on this CPU each layout gives every
+    sample the same float32 outputs at any batch size above 2, so two calls on the same images in the same
+    layout (an early-exit path and its reference, timing and the stored outputs) agree bit for bit, while
+    the two layouts differ by rounding (~1e-7)."""
+    if device.type == "cpu" and batch_size >= CHANNELS_LAST_MIN_BATCH:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def in_layout(x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """x [N, C, H, W] in `memory_layout(x.device, batch_size or N)` (the same values)."""
+    return x.contiguous(memory_format=memory_layout(x.device, len(x) if batch_size is None else batch_size))
 
 
 def _result(model, predictions: torch.Tensor, exits: torch.Tensor) -> EarlyExitResult:
@@ -72,11 +83,21 @@ def _result(model, predictions: torch.Tensor, exits: torch.Tensor) -> EarlyExitR
     return EarlyExitResult(predictions.cpu(), exits, macs)
 
 
+def _exit_outputs(branch, h: torch.Tensor, criterion: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An exit's logits, and its gate only where the criterion reads it (entropy and top probability do
+    not: a bnet network's gates are never trained). The gate is the branch's own computation
+    (ExitBranch.gate_logit), so the gate criterion sees exactly the values training and the reference do."""
+    features = branch.features(h)
+    gate = torch.sigmoid(branch.gate_logit(features)) if criterion == "gate" else None
+    return branch.classify(features), gate
+
+
 @torch.inference_mode()
 def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> EarlyExitResult:
     """Each sample of x [N, C, H, W] alone (batch size 1): stop at its first firing exit.
 
-    Each exit computes what the cost model counts (its branch, classifier and gate); the decision is
+    Each exit computes its branch and classifier, and its gate where the criterion reads it (the cost model
+    counts every gate: 0.01-0.05% of an exit's MACs, which entropy and top probability skip); the decision is
     `criteria.fires_one` for entropy and top probability (exactly the reference's decision, in one tensor
     op instead of about ten) or the gate read once."""
     values = _prepare(model, x, criterion, thresholds)
@@ -88,7 +109,7 @@ def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> Ear
             h = x[i : i + 1]
             for b in range(last):
                 h = model.run_segment(b, h)
-                logits, gate, _ = model.branches[b](h)
+                logits, gate = _exit_outputs(model.branches[b], h, criterion)
                 if criterion == "gate":
                     predicted = logits.argmax(dim=-1).item() if gate.item() >= values[b] else None
                 else:
@@ -114,11 +135,11 @@ def early_exit_batched(model, x: torch.Tensor, criterion: str, thresholds, batch
     step = batch_size or max(len(x), 1)
     with _eval_mode(model):
         for start in range(0, len(x), step):
-            h = fastest_layout(x[start : start + step])  # later segments inherit the layout
+            h = in_layout(x[start : start + step], len(x))  # the call's layout, inherited by later segments
             active = torch.arange(start, start + len(h), device=x.device)  # indices into x of the samples still in
             for b in range(last):
                 h = model.run_segment(b, h)
-                logits, gate, _ = model.branches[b](h)
+                logits, gate = _exit_outputs(model.branches[b], h, criterion)
                 fired = fires(criterion, scores(criterion, logits, gate), values[b])
                 if fired.any():
                     left = active[fired]
@@ -148,8 +169,9 @@ def run_all_then_select(model, x: torch.Tensor, criterion: str, thresholds) -> E
 def run_every_exit(model, x: torch.Tensor):
     """Every exit's logits and gate for every sample of x [N, C, H, W] (`model(x)` in eval mode, in the
     batch's fastest layout): the reference's work, and the "full" path of the timings."""
+    model.check_input(x)
     with _eval_mode(model):
-        return model(fastest_layout(x))
+        return model(in_layout(x))
 
 
 @torch.inference_mode()
@@ -157,4 +179,4 @@ def run_plain(model, x: torch.Tensor) -> torch.Tensor:
     """The network without exits: x [N, C, H, W] -> final logits [N, C], no branch evaluated."""
     model.check_input(x)
     with _eval_mode(model):
-        return model.backbone(fastest_layout(x))
+        return model.backbone(in_layout(x))
