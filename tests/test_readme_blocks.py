@@ -1,0 +1,81 @@
+"""README blocks copied from committed reports (repro.report.readme_blocks): the repository's README
+matches its reports, and the tool copies, detects and refuses exactly as documented."""
+
+from pathlib import Path
+
+import pytest
+
+from repro.errors import ReproError
+from repro.report.readme_blocks import find_blocks, fill, main, section_body, stale_blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+REPORT = """# A report
+
+## Table 1
+
+| a | b |
+| --- | --- |
+| 1 | 2 |
+
+### Detail of table 1
+
+![curve](figures/curve.png) and [the runs](#runs), [torch](https://pytorch.org)
+
+## Table 2
+
+other
+"""
+
+
+def write_project(tmp_path: Path, body: str = "") -> Path:
+    (tmp_path / "results" / "report").mkdir(parents=True)
+    (tmp_path / "results" / "report" / "report.md").write_text(REPORT)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Readme\n\nintro\n\n<!-- from results/report/report.md: Table 1 -->\n{body}<!-- end -->\n\nafter\n")
+    return readme
+
+
+def test_the_readme_blocks_match_their_committed_reports():
+    text = (ROOT / "README.md").read_text()
+    assert find_blocks(text), "the README copies at least one committed table"
+    assert stale_blocks(text, ROOT) == []
+
+
+def test_a_section_runs_to_the_next_heading_of_its_level_and_keeps_deeper_ones():
+    body = section_body(REPORT, "Table 1")
+    assert body.startswith("| a | b |") and "### Detail of table 1" in body and "Table 2" not in body
+    assert section_body(REPORT, "Table 2") == "other"
+
+
+def test_fill_copies_the_section_with_links_valid_from_the_readme(tmp_path):
+    readme = write_project(tmp_path)
+    filled = fill(readme.read_text(), tmp_path)
+    assert "![curve](results/report/figures/curve.png)" in filled
+    assert "[the runs](#runs)" in filled and "[torch](https://pytorch.org)" in filled
+    assert filled.startswith("# Readme\n\nintro\n\n") and filled.endswith("<!-- end -->\n\nafter\n")
+    assert stale_blocks(filled, tmp_path) == [] and fill(filled, tmp_path) == filled  # idempotent
+
+
+def test_a_block_that_differs_from_its_report_is_named(tmp_path):
+    readme = write_project(tmp_path, body="| a | b |\n| 1 | 3 |\n")
+    assert stale_blocks(readme.read_text(), tmp_path) == ['results/report/report.md: "Table 1" differs from the committed report']
+    assert main([str(readme), "--check"]) == 1
+    assert main([str(readme)]) == 0 and main([str(readme), "--check"]) == 0
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: (root / "results" / "report" / "report.md").unlink(), "README block from results/report/report.md: cannot read it"),
+    (lambda root: (root / "results" / "report" / "report.md").write_text("# other\n"),
+     'README block from results/report/report.md: no section "Table 1" in the report'),
+])
+def test_a_missing_report_or_section_is_one_line_and_changes_nothing(tmp_path, capsys, damage, message):
+    readme = write_project(tmp_path, body="kept\n")
+    damage(tmp_path)
+    before = readme.read_text()
+    with pytest.raises(ReproError, match=message):
+        fill(before, tmp_path)
+    assert main([str(readme)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert readme.read_text() == before
