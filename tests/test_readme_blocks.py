@@ -20,7 +20,11 @@ REPORT = """# A report
 
 ### Detail of table 1
 
-![curve](figures/curve.png) and [the runs](#runs), [torch](https://pytorch.org)
+![curve](figures/curve.png "a title") and [the runs](#runs), [torch](https://pytorch.org), [up](../other/x.md)
+
+```
+# a comment in code, not a heading
+```
 
 ## Table 2
 
@@ -45,14 +49,18 @@ def test_the_readme_blocks_match_their_committed_reports():
 def test_a_section_runs_to_the_next_heading_of_its_level_and_keeps_deeper_ones():
     body = section_body(REPORT, "Table 1")
     assert body.startswith("| a | b |") and "### Detail of table 1" in body and "Table 2" not in body
+    assert body.endswith("# a comment in code, not a heading\n```")  # a fenced "# ..." is not a heading
     assert section_body(REPORT, "Table 2") == "other"
+    with pytest.raises(ReproError, match='no section "a comment in code, not a heading"'):
+        section_body(REPORT, "a comment in code, not a heading")
 
 
 def test_fill_copies_the_section_with_links_valid_from_the_readme(tmp_path):
     readme = write_project(tmp_path)
     filled = fill(readme.read_text(), tmp_path)
-    assert "![curve](results/report/figures/curve.png)" in filled
-    assert "[the runs](#runs)" in filled and "[torch](https://pytorch.org)" in filled
+    assert '![curve](results/report/figures/curve.png "a title")' in filled
+    assert "[the runs](results/report/report.md#runs)" in filled and "[torch](https://pytorch.org)" in filled
+    assert "[up](results/other/x.md)" in filled
     assert filled.startswith("# Readme\n\nintro\n\n") and filled.endswith("<!-- end -->\n\nafter\n")
     assert stale_blocks(filled, tmp_path) == [] and fill(filled, tmp_path) == filled  # idempotent
 
@@ -79,3 +87,31 @@ def test_a_missing_report_or_section_is_one_line_and_changes_nothing(tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert readme.read_text() == before
+
+
+@pytest.mark.parametrize("text, message", [
+    # an end marker forgotten: the next block's markers must not swallow the prose in between
+    ("<!-- from results/report/report.md: Table 1 -->\nold\n\nprose\n\n<!-- from results/report/report.md: Table 2 -->\nx\n<!-- end -->\n",
+     "line 1: a README block marker without its pair"),
+    ("text\n<!--from results/report/report.md: Table 1 -->\nx\n<!-- end -->\n", "line 2: a README block marker without its pair"),
+    ("<!-- from ../outside/report.md: Table 1 -->\n<!-- end -->\n", "the report must lie under"),
+    ("<!-- from results/report/report.md: Twice -->\n<!-- end -->\n", 'the report has 2 sections "Twice"'),
+    ("<!-- from results/report/report.md: Marked -->\n<!-- end -->\n", 'section "Marked" contains a README block marker'),
+])
+def test_malformed_blocks_are_refused_and_the_file_is_kept(tmp_path, capsys, text, message):
+    write_project(tmp_path)
+    report = tmp_path / "results" / "report" / "report.md"
+    report.write_text(REPORT + "\n## Twice\n\na\n\n## Twice\n\nb\n\n## Marked\n\n<!-- end -->\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    with pytest.raises(ReproError, match=message):
+        fill(text, tmp_path)
+    assert main([str(readme)]) == 1 and main([str(readme), "--check"]) == 1
+    assert capsys.readouterr().err.count("\n") == 2 and readme.read_text() == text
+
+
+def test_a_readme_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_bytes(b"\xff\xfe not text")
+    assert main([str(readme), "--check"]) == 1
+    assert capsys.readouterr().err == f"{readme}: not UTF-8 text\n"

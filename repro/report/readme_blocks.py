@@ -1,4 +1,4 @@
-"""README sections copied from committed reports, so the README never states a number they do not hold.
+"""README sections copied from committed reports, so a table in the README cannot differ from its report.
 
 A block in a Markdown file names a committed report and one of its sections:
 
@@ -7,9 +7,11 @@ A block in a Markdown file names a committed report and one of its sections:
     <!-- end -->
 
 `fill` replaces every block's body with the named section's body (from below its heading to the next
-heading of the same or a higher level; relative links and images rewritten to stay valid from the
-README's folder). A test runs `check` on the repository's README, so a block that no longer matches its
-committed report fails CI; re-render the report (repro.report.committed), then:
+heading of the same or a higher level, outside fenced code; relative inline links and images rewritten
+to stay valid from the README's folder, links to the report's own anchors pointed into the report). A
+test checks the repository's README, so a block that no longer matches its committed report fails CI
+(prose beside a block is not checked: quote numbers in blocks). Re-render the report
+(repro.report.committed), then:
 
     python -m repro.report.readme_blocks README.md            # rewrite the blocks
     python -m repro.report.readme_blocks README.md --check    # exit 1, naming each stale block
@@ -17,7 +19,7 @@ committed report fails CI; re-render the report (repro.report.committed), then:
 
 from __future__ import annotations
 
-import os
+import posixpath
 import re
 import sys
 from dataclasses import dataclass
@@ -26,9 +28,15 @@ from pathlib import Path
 from repro.errors import ReproError
 from repro.rundir import atomic_write_text
 
-BLOCK = re.compile(r"<!-- from (?P<source>[^:>]+?): (?P<heading>[^>]+?) -->\n(?P<body>.*?)<!-- end -->", re.DOTALL)
-HEADING = re.compile(r"^(#{1,6}) (.+?)\s*$")
-RELATIVE_LINK = re.compile(r"(!?\[[^\]]*\]\()(?!https?:|#|/|mailto:)([^)\s]+)(\))")
+# Markers sit at the start of a line. A block's body may not contain another marker: an unpaired one is an
+# error, never a longer match.
+BLOCK = re.compile(r"^<!-- from (?P<source>[^:>\n]+?): (?P<heading>[^>\n]+?) -->\n"
+                   r"(?P<body>(?:(?!^<!-- from |^<!-- end -->).)*?)^<!-- end -->", re.DOTALL | re.MULTILINE)
+MARKER = re.compile(r"^[ \t]*<!--\s*(?:from\b|end\s*-->)", re.MULTILINE)
+HEADING = re.compile(r"^(#{1,6}) (.+?)(?:\s+#+)?\s*$")
+FENCE = re.compile(r"^\s*(```|~~~)")
+# Inline links and images with a relative target (no scheme, not absolute); an optional "title" is kept.
+RELATIVE_LINK = re.compile(r"(!?\[[^\]]*\]\()(?![A-Za-z][A-Za-z0-9+.-]*:|/)([^)\s]+)((?:\s+\"[^\"]*\")?\))")
 
 
 @dataclass(frozen=True)
@@ -39,43 +47,84 @@ class Block:
 
 
 def find_blocks(text: str) -> list[Block]:
-    return [Block(m["source"].strip(), m["heading"].strip(), m["body"]) for m in BLOCK.finditer(text)]
+    """Every block; a marker that is not part of a well-formed block is an error (a typo would otherwise
+    leave a block unchecked, or an unpaired end marker swallow the prose up to the next one)."""
+    matches = list(BLOCK.finditer(text))
+    inside = [(m.start(), m.end()) for m in matches]
+    for marker in MARKER.finditer(text):
+        if not any(start <= marker.start() < end for start, end in inside):
+            line = text.count("\n", 0, marker.start()) + 1
+            raise ReproError(f"line {line}: a README block marker without its pair; a block is <!-- from PATH: HEADING --> "
+                             "on a line of its own, the copied section, then <!-- end --> on a line of its own")
+    return [Block(m["source"].strip(), m["heading"].strip(), m["body"]) for m in matches]
+
+
+def _headings(lines: list[str]):
+    """(index, level, text) of every Markdown heading outside fenced code."""
+    fenced = False
+    for index, line in enumerate(lines):
+        if FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and (match := HEADING.match(line)):
+            yield index, len(match[1]), match[2]
 
 
 def section_body(report: str, heading: str) -> str:
     """The body under `heading` in a Markdown text, up to the next heading of the same or a higher level,
     without leading or trailing blank lines."""
     lines = report.splitlines()
-    for index, line in enumerate(lines):
-        match = HEADING.match(line)
-        if match and match[2] == heading:
-            level = len(match[1])
-            end = next((j for j in range(index + 1, len(lines))
-                        if (m := HEADING.match(lines[j])) and len(m[1]) <= level), len(lines))
-            return "\n".join(lines[index + 1 : end]).strip("\n")
-    raise ReproError(f'no section "{heading}" in the report')
+    headings = list(_headings(lines))
+    found = [(i, level) for i, level, text in headings if text == heading]
+    if not found:
+        raise ReproError(f'no section "{heading}" in the report')
+    if len(found) > 1:
+        raise ReproError(f'the report has {len(found)} sections "{heading}"; a block needs a heading that occurs once')
+    index, level = found[0]
+    end = next((i for i, other, _ in headings if i > index and other <= level), len(lines))
+    body = "\n".join(lines[index + 1 : end]).strip("\n")
+    if MARKER.search(body):
+        raise ReproError(f'section "{heading}" contains a README block marker; it cannot be copied between markers')
+    return body
 
 
-def _rebase_links(body: str, report_folder: str) -> str:
-    """Links relative to the report's folder -> relative to the README's folder."""
-    return RELATIVE_LINK.sub(lambda m: f"{m[1]}{Path(report_folder, m[2]).as_posix()}{m[3]}", body)
+def _rebase_links(body: str, report: str) -> str:
+    """Links relative to the report -> relative to the README's folder; links to the report's own anchors
+    point into the report."""
+    folder = posixpath.dirname(report)
+
+    def rebase(match: re.Match) -> str:
+        target = match[2]
+        target = report + target if target.startswith("#") else posixpath.normpath(posixpath.join(folder, target))
+        return f"{match[1]}{target}{match[3]}"
+    return RELATIVE_LINK.sub(rebase, body)
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ReproError(f"{what}: not UTF-8 text") from None
+    except OSError as error:
+        raise ReproError(f"{what}: cannot read it ({error.strerror or error})") from None
 
 
 def expected_body(block: Block, root: Path) -> str:
-    path = root / block.source
+    what = f"README block from {block.source}"
+    path = (root / block.source).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ReproError(f"{what}: the report must lie under {root} (a path relative to the README's folder)")
     try:
-        report = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ReproError(f"README block from {block.source}: cannot read it ({error.strerror or error})") from None
-    try:
-        body = section_body(report, block.heading)
+        body = section_body(_read(path, what), block.heading)
     except ReproError as error:
-        raise ReproError(f"README block from {block.source}: {error}") from None
-    return _rebase_links(body, os.path.dirname(block.source)) + "\n"
+        message = str(error)
+        raise ReproError(message if message.startswith(what) else f"{what}: {message}") from None
+    return _rebase_links(body, Path(block.source).as_posix()) + "\n"
 
 
 def fill(text: str, root: Path) -> str:
     """`text` with every block's body replaced by its committed section's body."""
+    find_blocks(text)  # refuses unpaired markers before anything is replaced
+
     def replace(match: re.Match) -> str:
         block = Block(match["source"].strip(), match["heading"].strip(), match["body"])
         return f"<!-- from {match['source']}: {match['heading']} -->\n{expected_body(block, root)}<!-- end -->"
@@ -97,24 +146,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = Path(paths[0])
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read(path, str(path))
         if check:
             stale = stale_blocks(text, path.parent)
             for line in stale:
                 print(f"{path}: {line}", file=sys.stderr)
             return 1 if stale else 0
         updated = fill(text, path.parent)
-    except OSError as error:
-        print(f"cannot read {path}: {error.strerror or error}", file=sys.stderr)
-        return 1
+        changed = sum(a.body != b.body for a, b in zip(find_blocks(text), find_blocks(updated)))
+        if changed:
+            atomic_write_text(path, updated)
     except ReproError as error:
-        print(f"{path}: {error}", file=sys.stderr)
+        print(f"{path}: {error}" if not str(error).startswith(str(path)) else str(error), file=sys.stderr)
         return 1
-    if updated != text:
-        atomic_write_text(path, updated)
-        print(f"updated {len(find_blocks(text))} block(s) in {path}")
-    else:
-        print(f"{path}: every block matches its committed report")
+    except OSError as error:
+        print(f"{path}: cannot write it ({error.strerror or error})", file=sys.stderr)
+        return 1
+    print(f"updated {changed} block(s) in {path}" if changed else f"{path}: every block matches its committed report")
     return 0
 
 
