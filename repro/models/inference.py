@@ -53,9 +53,9 @@ def _prepare(model, x: torch.Tensor, criterion: str, thresholds) -> list[float]:
 
 # Calls with at least this many images run in channels-last layout on a CPU: oneDNN's convolutions then
 # skip a layout conversion per layer. Measured on this project's 2-core CPU (benchmarks/bench_exits.py,
-# "memory layout", full-width models, float32): the plain networks 1.1-1.2x faster at batch 256 and from
-# about 96 images up, within a few percent either way at 32-64, up to 1.4x slower at batch 1-16; so batch 1
-# keeps the default layout.
+# "memory layout", full-width models, float32): the plain networks 1.15-1.2x faster at batch 256, mixed at 64
+# (VGG-13 6% slower, AlexNet and ResNet-18 3% faster), 1.1-1.3x slower at batch 1-4; so batch 1 keeps the
+# default layout.
 CHANNELS_LAST_MIN_BATCH = 64
 
 
@@ -64,8 +64,9 @@ def memory_layout(device: torch.device, batch_size: int) -> torch.memory_format:
 
     Chosen once per call (never per chunk or per shrinking sub-batch): on this CPU each layout gives every
     sample the same float32 outputs at any batch size above 2, so two calls on the same images in the same
-    layout (an early-exit path and its reference, timing and the stored outputs) agree bit for bit, while
-    the two layouts differ by rounding (~1e-7)."""
+    layout agree bit for bit (an early-exit call and its reference always; the stored outputs of `repro
+    eval`, whose layout follows its batch size, and a timed call when both are 64 images or more or both
+    fewer), while the two layouts differ by rounding (~1e-7)."""
     if device.type == "cpu" and batch_size >= CHANNELS_LAST_MIN_BATCH:
         return torch.channels_last
     return torch.contiguous_format
