@@ -118,15 +118,33 @@ def _style(axis, title: str, xlabel: str, ylabel: str) -> None:
         axis.spines[side].set_visible(False)
 
 
+# Characters per legend line: a grid's labels name every option that varies (a study of five options gives
+# ~90 characters), and an unwrapped legend beside the axes would squeeze them to nothing.
+LEGEND_WIDTH = 50
+LEGEND_MARGIN_INCHES = 1.0  # a panel's title, tick labels and axis label around its legend
+
+
 def _legend(axis, outside: bool = False, handles=None) -> None:
     """A legend inside the axes, or beside them (right) when there are many lines to keep clear of."""
     handles = handles if handles is not None else axis.get_legend_handles_labels()[0]
     if not handles:
         return
+    labels = [textwrap.fill(handle.get_label(), LEGEND_WIDTH, break_on_hyphens=False) for handle in handles]
     if outside:
-        axis.legend(handles=handles, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axis.legend(handles=handles, labels=labels, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
-        axis.legend(handles=handles, fontsize=8, frameon=False, loc="best")
+        axis.legend(handles=handles, labels=labels, fontsize=8, frameon=False, loc="best")
+    _fit_height(axis, labels)
+
+
+def _fit_height(axis, labels: list[str]) -> None:
+    """Make every row of the figure at least as tall as this legend (8 pt lines, half a line between
+    entries, room for title and axis labels): a taller legend would squeeze the axes to nothing."""
+    lines = sum(label.count("\n") + 1.5 for label in labels)
+    needed = lines * 8 * 1.25 / 72 + LEGEND_MARGIN_INCHES
+    figure, rows = axis.figure, axis.get_subplotspec().get_gridspec().nrows
+    if figure.get_figheight() < rows * needed:
+        figure.set_figheight(rows * needed)
 
 
 def _exit_ticks(axis, count: int, extra: str | None = None) -> None:
