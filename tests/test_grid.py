@@ -117,10 +117,12 @@ def test_presets_expand(tmp_path):
     assert len(load_grid("smoke").cells) == 3
     assert len(load_grid("paper").cells) == 3 * 3 * 5 * 3
     cpu = load_grid("cpu")
-    assert len(cpu.cells) == 2 * 5 + 4 + 2 + 2 and cpu.output == Path("results/cpu")
+    assert len(cpu.cells) == 2 * 5 + 4 + 2 + 2 + 2 and cpu.output == Path("results/cpu")
     assert {cell.name for cell in cpu.cells} >= {"bnet-cifar10-jpeg", "lambda-cost_weight0.3", "full-width-bnet", "second-seed-proposed"}
     second = next(cell for cell in cpu.cells if cell.name == "second-seed-proposed")
     assert (second.config.seed, second.config.dataset, second.config.joint_weight) == (1, "cifar10-jpeg", 1.0)
+    runner_up = next(cell for cell in cpu.cells if cell.name == "gate-detach-seed1")
+    assert (runner_up.config.seed, runner_up.config.method, runner_up.config.gate_detach) == (1, "proposed", True)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
