@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from repro.errors import ReproError
-from repro.report.readme_blocks import find_blocks, fill, main, section_body, stale_blocks
+from repro.report.readme_blocks import find_blocks, fill, group_body, main, section_body, stale_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,53 @@ def test_a_section_runs_to_the_next_heading_of_its_level_and_keeps_deeper_ones()
     assert section_body(REPORT, "Table 2") == "other"
     with pytest.raises(ReproError, match='no section "a comment in code, not a heading"'):
         section_body(REPORT, "a comment in code, not a heading")
+
+
+GROUPED = """# A report
+
+## Table 1
+
+What every group shows.
+
+**VGG-13 · CIFAR-10**
+
+| a |
+| --- |
+| 1 |
+
+- a note on CIFAR-10
+
+**VGG-13 · CIFAR-10 (JPEG copy)**
+
+| a |
+| --- |
+| 2 |
+
+## Table 2
+
+**VGG-13 · CIFAR-10**
+
+other
+"""
+
+
+def test_a_group_runs_from_its_label_to_the_next_label_or_the_section_end(tmp_path):
+    table1 = section_body(GROUPED, "Table 1")
+    assert group_body(table1, "VGG-13 · CIFAR-10") == "**VGG-13 · CIFAR-10**\n\n| a |\n| --- |\n| 1 |\n\n- a note on CIFAR-10"
+    assert group_body(table1, "VGG-13 · CIFAR-10 (JPEG copy)") == "**VGG-13 · CIFAR-10 (JPEG copy)**\n\n| a |\n| --- |\n| 2 |"
+    with pytest.raises(ReproError, match=r'no group "\*\*VGG-13 · CINIC-10\*\*"'):
+        group_body(table1, "VGG-13 · CINIC-10")
+    with pytest.raises(ReproError, match=r'the section has 2 groups "\*\*A\*\*"'):
+        group_body("**A**\n\nx\n\n**A**\n\ny", "A")
+    (tmp_path / "results" / "report").mkdir(parents=True)
+    (tmp_path / "results" / "report" / "report.md").write_text(GROUPED)
+    text = "<!-- from results/report/report.md: Table 1 | VGG-13 · CIFAR-10 (JPEG copy) -->\n<!-- end -->\n"
+    filled = fill(text, tmp_path)
+    assert filled == ("<!-- from results/report/report.md: Table 1 | VGG-13 · CIFAR-10 (JPEG copy) -->\n"
+                      "**VGG-13 · CIFAR-10 (JPEG copy)**\n\n| a |\n| --- |\n| 2 |\n<!-- end -->\n")
+    assert stale_blocks(filled, tmp_path) == []
+    with pytest.raises(ReproError, match=r'README block from results/report/report.md: no group "\*\*CINIC\*\*"'):
+        fill("<!-- from results/report/report.md: Table 2 | CINIC -->\n<!-- end -->\n", tmp_path)
 
 
 def test_fill_copies_the_section_with_links_valid_from_the_readme(tmp_path):

@@ -6,6 +6,10 @@ A block in a Markdown file names a committed report and one of its sections:
     ...the section's body, as that report has it...
     <!-- end -->
 
+A report groups a section's tables under bold labels on lines of their own (`**VGG-13 · CIFAR-10**`);
+`<!-- from PATH: HEADING | LABEL -->` copies one group: its label line and what follows, up to the next
+label line or the section's end.
+
 `fill` replaces every block's body with the named section's body (from below its heading to the next
 heading of the same or a higher level, outside fenced code; relative inline links and images rewritten
 to stay valid from the README's folder, links to the report's own anchors pointed into the report). A
@@ -34,6 +38,8 @@ BLOCK = re.compile(r"^<!-- from (?P<source>[^:>\n]+?): (?P<heading>[^>\n]+?) -->
                    r"(?P<body>(?:(?!^<!-- from |^<!-- end -->).)*?)^<!-- end -->", re.DOTALL | re.MULTILINE)
 MARKER = re.compile(r"^[ \t]*<!--\s*(?:from\b|end\s*-->)", re.MULTILINE)
 HEADING = re.compile(r"^(#{1,6}) (.+?)(?:\s+#+)?\s*$")
+GROUP_LABEL = re.compile(r"^\*\*(?P<label>[^*\n]+)\*\*\s*$")
+GROUP_SEPARATOR = " | "  # between a section's heading and a group's label in a block's marker
 FENCE = re.compile(r"^\s*(```|~~~)")
 # Inline links and images with a relative target (no scheme, not absolute); an optional "title" is kept.
 RELATIVE_LINK = re.compile(r"(!?\[[^\]]*\]\()(?![A-Za-z][A-Za-z0-9+.-]*:|/)([^)\s]+)((?:\s+\"[^\"]*\")?\))")
@@ -42,7 +48,7 @@ RELATIVE_LINK = re.compile(r"(!?\[[^\]]*\]\()(?![A-Za-z][A-Za-z0-9+.-]*:|/)([^)\
 @dataclass(frozen=True)
 class Block:
     source: str  # the report, relative to the Markdown file's folder
-    heading: str  # the section's heading text, without the leading #s
+    heading: str  # the section's heading text, without the leading #s; "HEADING | LABEL" for one group
     body: str  # what the file holds now between the markers
 
 
@@ -87,6 +93,20 @@ def section_body(report: str, heading: str) -> str:
     return body
 
 
+def group_body(section: str, label: str) -> str:
+    """The group of a section's body that starts at the line `**label**`: that line and the lines after it,
+    up to the next group label line, without trailing blank lines."""
+    lines = section.splitlines()
+    starts = [i for i, line in enumerate(lines) if GROUP_LABEL.match(line)]
+    found = [i for i in starts if GROUP_LABEL.match(lines[i])["label"].strip() == label]
+    if not found:
+        raise ReproError(f'no group "**{label}**" in the section')
+    if len(found) > 1:
+        raise ReproError(f'the section has {len(found)} groups "**{label}**"; a block needs a label that occurs once')
+    end = next((i for i in starts if i > found[0]), len(lines))
+    return "\n".join(lines[found[0] : end]).strip("\n")
+
+
 def _rebase_links(body: str, report: str) -> str:
     """Links relative to the report -> relative to the README's folder; links to the report's own anchors
     point into the report."""
@@ -113,8 +133,11 @@ def expected_body(block: Block, root: Path) -> str:
     path = (root / block.source).resolve()
     if not path.is_relative_to(root.resolve()):
         raise ReproError(f"{what}: the report must lie under {root} (a path relative to the README's folder)")
+    heading, _, label = block.heading.partition(GROUP_SEPARATOR)
     try:
-        body = section_body(_read(path, what), block.heading)
+        body = section_body(_read(path, what), heading.strip())
+        if label.strip():
+            body = group_body(body, label.strip())
     except ReproError as error:
         message = str(error)
         raise ReproError(message if message.startswith(what) else f"{what}: {message}") from None
