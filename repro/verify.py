@@ -43,7 +43,10 @@ class Verification:
         return all(check.equal for check in self.columns)
 
 
-def verify_run(run: rundir.RunDir, epochs: int = 2, data_dir: str | None = None, device: str = "cpu") -> Verification:
+def verify_run(run: rundir.RunDir, epochs: int = 2, data_dir: str | None = None, device: str = "cpu",
+               progress=None) -> Verification:
+    """Retrain `run`'s first `epochs` epochs in a temporary folder and compare; `progress` is a
+    repro.trainer.Progress (the CLI's bars and one line per epoch), or None."""
     from repro.environment import describe_device
     from repro.trainer import fit, resolve_precision
 
@@ -63,7 +66,7 @@ def verify_run(run: rundir.RunDir, epochs: int = 2, data_dir: str | None = None,
         raise ReproError(f"run {run.path} trained in bf16 on a device with native bf16; this {device} has none, so its "
                          "rounding would differ: verify it on the same kind of machine")
     with tempfile.TemporaryDirectory(prefix="repro-verify-") as folder:
-        result = fit(config, Path(folder) / run.name, device=device, stop_after=epochs)
+        result = fit(config, Path(folder) / run.name, device=device, progress=progress, stop_after=epochs)
         fresh = result.rows
     columns = []
     for column in committed[0]:

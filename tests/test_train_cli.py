@@ -1,6 +1,7 @@
 """`repro train` through Typer's CliRunner: the default command works, --seeds, and every bad input is one
 clear line with a non-zero exit (unknown names exit 2 listing the valid ones)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,9 @@ def test_verify_retrains_the_first_epochs_and_compares(tmp_path):
     ok = invoke(["verify", run, "--epochs", "2", "--device", "cpu"], tmp_path)
     assert ok.exit_code == 0, ok.output
     assert "reproduced" in " ".join(ok.output.split()) and "val_acc_exit0" in ok.output
+    # One line per retrained epoch, as `repro train` prints them, and no more epochs than asked for.
+    assert re.search(r"^epoch +1 ", ok.output, re.M) and re.search(r"^epoch +2 ", ok.output, re.M)
+    assert not re.search(r"^epoch +3 ", ok.output, re.M)
     # A committed number changed by hand is found.
     rows = rundir.read_csv(run / "metrics.csv")
     rows[1]["val_loss"] = str(float(rows[1]["val_loss"]) + 0.01)

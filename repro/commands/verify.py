@@ -23,6 +23,7 @@ def verify(
     from rich.table import Table
 
     from repro import rundir
+    from repro.commands.progress import TrainingProgress, make_progress
     from repro.environment import select_device
     from repro.errors import ReproError
     from repro.verify import DECIMALS, verify_run
@@ -31,7 +32,8 @@ def verify(
     failures = []
     for run in rundir.find_runs(runs):
         say(f"[bold]verifying[/] {run.path}: retraining {epochs} epoch(s) from its config.json")
-        result = verify_run(run, epochs, data_dir, resolved)
+        with make_progress() as bar:  # a retrain takes minutes: show it, one line per epoch as `repro train` does
+            result = verify_run(run, epochs, data_dir, resolved, progress=TrainingProgress(bar))
         table = Table(title=f"{run.name}: first {epochs} epoch(s), trained on {result.environment}, retrained on {result.here}",
                       title_justify="left")
         for column in ("metrics.csv column", "largest difference", f"equal to {DECIMALS} decimals"):
