@@ -1,4 +1,4 @@
-"""`repro demo`: the whole pipeline in one call, small enough for 2 CPU cores (80-90 s measured, bench_demo.py).
+"""`repro demo`: the whole pipeline in one call, small enough for 2 CPU cores (81-91 s measured, bench_demo.py).
 
 On the embedded synthetic data set (no download) with a width-reduced VGG-13, it trains every method
 (baseline, bnet, proposed, report-proposed, report-maxprob), evaluates each run (outputs.pt, eval.json)

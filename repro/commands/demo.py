@@ -19,7 +19,7 @@ def demo(
     subset: Annotated[int | None, typer.Option("--subset", min=100, help="Synthetic training images (20% of them validate). [default: 4000]")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every run.")] = 0,
 ):
-    """The whole pipeline on the embedded synthetic data set with a small VGG-13 (80-90 s on 2 idle CPU cores):
+    """The whole pipeline on the embedded synthetic data set with a small VGG-13 (81-91 s on 2 idle CPU cores):
     train all five methods, evaluate and time them, sweep and calibrate thresholds, render the report."""
     from repro.demo import DemoConfig, run_demo
 
