@@ -60,10 +60,17 @@ def test_render_committed_reads_only_what_git_tracks(tmp_path):
     markdown = render_committed(repo, "results/study", tmp_path / "out").read_text()
     assert "found under: `results/study`" in markdown
     assert "1 run(s)" in markdown and "cell-kept" in markdown and "cell-in-training" not in markdown
-    # The report folder never replaces the source folder, one above it, or a folder that holds no report.
-    for out in (study, repo / "results", study / "cell-kept"):
-        with pytest.raises(ReproError, match="outside the source folder"):
+    # The report folder never replaces the source folder, one above it, a run, or a folder that holds no report.
+    for out in (study, repo / "results"):
+        with pytest.raises(ReproError, match="cannot be the source folder"):
             render_committed(repo, "results/study", out)
+    for out in (study / "cell-kept", study / "cell-kept" / "report"):
+        with pytest.raises(ReproError, match="lies in a run directory"):
+            render_committed(repo, "results/study", out)
+    assert sorted(p.name for p in (study / "cell-kept").iterdir()) == sorted(p.name for p in (study / "cell-in-training").iterdir())
+    # A grid's own report folder, inside the source folder, is rendered like any other.
+    inside = render_committed(repo, "results/study", study / "report").read_text()
+    assert inside.split("\n", 3)[3] == markdown.split("\n", 3)[3]  # all but the "Generated ..." line
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     with pytest.raises(ReproError, match="does not hold a report"):

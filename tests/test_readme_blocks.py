@@ -75,6 +75,12 @@ What every group shows.
 | --- |
 | 2 |
 
+### Detail of table 1
+
+**VGG-13 · CIFAR-10 (JPEG copy)**
+
+a subsection's group: not part of the one above
+
 ## Table 2
 
 **VGG-13 · CIFAR-10**

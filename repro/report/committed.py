@@ -7,6 +7,7 @@ same relative paths; a test (tests/test_committed_results.py) renders it again t
 every table. Commit the cells first, then render, then commit the report.
 
     python -m repro.report.committed results/gates/screen results/gates/report
+    python -m repro.report.committed results/cpu results/cpu/report      # a grid's own report folder
 """
 from __future__ import annotations
 
@@ -44,8 +45,11 @@ def _check_paths(repo: Path, source: str, out: Path) -> None:
     if Path(source).is_absolute() or ".." in Path(source).parts:
         raise ReproError(f"give the source folder relative to the repository root, without '..'; got {source}")
     source_path, out = (repo / source).resolve(), out.resolve()
-    if out == source_path or source_path in out.parents or out in source_path.parents:
-        raise ReproError(f"the report folder {out} must lie outside the source folder {source} and not above it")
+    if out == source_path or out in source_path.parents:
+        raise ReproError(f"the report folder {out} cannot be the source folder {source} or above it")
+    # Inside the source folder is where a grid puts its report (OUTPUT/report), but never in a run.
+    if source_path in out.parents and any(rundir.is_run_dir(folder) for folder in (out, *out.parents)):
+        raise ReproError(f"the report folder {out} lies in a run directory; give a folder of its own, e.g. {source}/report")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKDOWN).is_file())):
         raise ReproError(f"{out} exists and does not hold a report; choose another report folder")
 

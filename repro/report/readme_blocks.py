@@ -8,7 +8,7 @@ A block in a Markdown file names a committed report and one of its sections:
 
 A report groups a section's tables under bold labels on lines of their own (`**VGG-13 · CIFAR-10**`);
 `<!-- from PATH: HEADING | LABEL -->` copies one group: its label line and what follows, up to the next
-label line or the section's end.
+label line, subsection or the section's end.
 
 `fill` replaces every block's body with the named section's body (from below its heading to the next
 heading of the same or a higher level, outside fenced code; relative inline links and images rewritten
@@ -95,8 +95,11 @@ def section_body(report: str, heading: str) -> str:
 
 def group_body(section: str, label: str) -> str:
     """The group of a section's body that starts at the line `**label**`: that line and the lines after it,
-    up to the next group label line, without trailing blank lines."""
+    up to the next group label line, without trailing blank lines. Only the section's own text counts, not
+    its subsections (whose groups repeat the same labels)."""
     lines = section.splitlines()
+    subsection = next((index for index, _, _ in _headings(lines)), len(lines))
+    lines = lines[:subsection]
     starts = [i for i, line in enumerate(lines) if GROUP_LABEL.match(line)]
     found = [i for i in starts if GROUP_LABEL.match(lines[i])["label"].strip() == label]
     if not found:
