@@ -213,6 +213,21 @@ def test_invalid_reference_file_is_one_line_naming_the_line(tmp_path, text, line
 # ---------------------------------------------------------------------------------------------- aggregation
 
 
+def test_rows_of_one_table_that_differ_in_setup_are_named_by_it(tmp_path):
+    """A full-width baseline beside half-width early-exit networks: the odd one out is named by its width,
+    the majority is not; where no value is shared by most, every row names its own."""
+    runs = tmp_path / "runs"
+    half = lambda method: {**config(method, 0), "width": 0.5}
+    write_run(runs, "baseline-full", config("baseline", 0), [0.75])
+    write_run(runs, "bnet-half", half("bnet"), [0.5, 0.6, 0.7, 0.72])
+    write_run(runs, "proposed-half", half("proposed"), [0.5, 0.6, 0.7, 0.71])
+    labels = sorted(g.label for g in collect([runs]).groups)
+    assert labels == ["baseline [width=1]", "bnet", "proposed"]
+    shutil.rmtree(runs / "proposed-half")
+    labels = sorted(g.label for g in collect([runs]).groups)
+    assert labels == ["baseline [width=1]", "bnet [width=0.5]"]
+
+
 def test_groups_average_only_seeds(report):
     groups = {(g.dataset.label, g.label): g for g in report["collection"].groups}
     assert sorted(groups) == sorted([

@@ -3,7 +3,8 @@
 A group is every run whose config.json agrees on every key except the seed and the bookkeeping keys
 in `NOT_GROUPED` (run directory, name, device): runs that differ in anything else (learning rate, epochs,
 subset, width, data source, ...) are never averaged together; they become separate rows, told apart by
-the keys in which they differ (`Group.variant`). Standard deviations are sample standard deviations
+the keys in which they differ (`Group.variant`); a row whose network size or training setup departs from
+the rest of its table is named by that too (a full-width baseline beside half-width networks). Standard deviations are sample standard deviations
 (ddof = 1) over seeds, so a group of one run has a mean and no spread.
 
 Everything is read through repro.artifacts, which validates each file. A missing, damaged or stale file
@@ -373,18 +374,45 @@ def _format_value(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+# Settings every method of a table shares by construction (the network's size and the training setup, not
+# the method's own options): where rows of one table differ in them, a reader comparing two methods needs
+# to know, e.g. a full-width baseline beside half-width early-exit networks.
+SETUP_KEYS = ("width", "recipe", "epochs", "subset", "head", "batch_norm", "classifier", "augment", "optimizer", "lr",
+              "batch_size", "schedule", "weight_decay", "precision")
+
+
 def _variants(groups: list[Group]) -> None:
-    """Name each group by the config keys in which it differs from the others of its model x dataset x method."""
+    """Name each group by the config keys in which it differs from the others of its model x dataset x method;
+    then, within each model x dataset table, by any setup key (`SETUP_KEYS`) in which it departs from the
+    value most of the table's groups share (every group, where no value is shared by most)."""
     by_cell: dict[tuple, list[Group]] = {}
     for group in groups:
         by_cell.setdefault((group.model, group.dataset.label, group.method), []).append(group)
+    named: dict[int, list[str]] = {id(group): [] for group in groups}
     for siblings in by_cell.values():
         if len(siblings) < 2:
             continue
         keys = sorted({k for g in siblings for k in g.config})
         differing = [k for k in keys if len({json.dumps(g.config.get(k), sort_keys=True) for g in siblings}) > 1]
         for group in siblings:
-            group.variant = ", ".join(f"{k}={_format_value(group.config.get(k))}" for k in differing)
+            named[id(group)] = list(differing)
+    by_table: dict[tuple, list[Group]] = {}
+    for group in groups:
+        by_table.setdefault(group.section, []).append(group)
+    for table in by_table.values():
+        for key in SETUP_KEYS:
+            values = [json.dumps(g.config.get(key), sort_keys=True) for g in table]
+            counts = {value: values.count(value) for value in values}
+            if len(counts) < 2:
+                continue
+            most = max(counts.values())
+            common = [value for value, count in counts.items() if count == most]
+            majority = common[0] if len(common) == 1 and most > len(table) / 2 else None
+            for group, value in zip(table, values):
+                if value != majority and key not in named[id(group)]:
+                    named[id(group)].append(key)
+    for group in groups:
+        group.variant = ", ".join(f"{k}={_format_value(group.config.get(k))}" for k in sorted(named[id(group)]))
 
 
 def recipe_overrides(config: dict) -> list[str]:
