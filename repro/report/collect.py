@@ -4,8 +4,9 @@ A group is every run whose config.json agrees on every key except the seed and t
 in `NOT_GROUPED` (run directory, name, device): runs that differ in anything else (learning rate, epochs,
 subset, width, data source, ...) are never averaged together; they become separate rows, told apart by
 the keys in which they differ (`Group.variant`); a row whose network size or training setup departs from
-the rest of its table is named by that too (a full-width baseline beside half-width networks). Standard deviations are sample standard deviations
-(ddof = 1) over seeds, so a group of one run has a mean and no spread.
+the rest of its table is named by that too (a full-width baseline beside half-width networks). Standard
+deviations are sample standard deviations (ddof = 1) over seeds, so a group of one run has a mean and no
+spread.
 
 Everything is read through repro.artifacts, which validates each file. A missing, damaged or stale file
 never stops the report: it becomes a `Missing` item carrying the command that would produce it, and the

@@ -48,7 +48,8 @@ def _check_paths(repo: Path, source: str, out: Path) -> None:
     if out == source_path or out in source_path.parents:
         raise ReproError(f"the report folder {out} cannot be the source folder {source} or above it")
     # Inside the source folder is where a grid puts its report (OUTPUT/report), but never in a run.
-    if source_path in out.parents and any(rundir.is_run_dir(folder) for folder in (out, *out.parents)):
+    below_source = [out, *(folder for folder in out.parents if source_path in folder.parents)]
+    if source_path in out.parents and any(rundir.is_run_dir(folder) for folder in below_source):
         raise ReproError(f"the report folder {out} lies in a run directory; give a folder of its own, e.g. {source}/report")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKDOWN).is_file())):
         raise ReproError(f"{out} exists and does not hold a report; choose another report folder")
