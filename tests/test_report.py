@@ -594,3 +594,27 @@ def test_learned_gates_routing_table(report):
     assert routing.cell("proposed", "Exit 1, test (%)").text == "40.00"
     assert routing.cell("proposed", "Final exit, test (%)").text == "75.00"
     assert "## Learned gates" in report["md"] and 'id="learned-gates"' in report["html"]
+
+
+def test_equal_cost_on_validation_reads_the_chosen_points_validation_accuracy(report):
+    """The validation table shows the accuracy the choice was made on, at the same points as the test table."""
+    import types
+
+    import pandas as pd
+
+    from repro.report.tables import accuracy_at_budget, equal_cost_table
+
+    # Validation and test differ: val prefers the second point at 0.6 x plain, whose test accuracy is lower.
+    sweep = pd.DataFrame({
+        "split": ["val"] * 3 + ["test"] * 3, "criterion": ["entropy"] * 6,
+        "accuracy": [0.50, 0.70, 0.60, 0.55, 0.65, 0.75], "macs_speedup": [4.0, 2.0, 1.8] * 2,
+        "mean_macs": [25.0, 50.0, 55.0] * 2,
+    })
+    run = types.SimpleNamespace(sweep=sweep)
+    assert accuracy_at_budget(run, "entropy", 0.6, "val") == 0.70
+    assert accuracy_at_budget(run, "entropy", 0.6) == 0.65  # the same point, read on test
+    assert accuracy_at_budget(run, "entropy", 0.3, "val") == 0.50
+    (val,) = [t for t in equal_cost_table(report["collection"], "val") if t.caption == "VGG-13 · CIFAR-10"]
+    assert "its validation accuracy" in val.notes[0]
+    assert "#### On validation, where settings are chosen" in report["md"]
+    assert 'id="equal-cost-validation"' in report["html"]

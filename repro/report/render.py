@@ -131,6 +131,7 @@ def context(collection: Collection, references: References, inputs, figures: dic
         "table2_exits": table2_exits(collection),
         "table3": table3(collection),
         "equal_cost": equal_cost_table(collection),
+        "equal_cost_val": equal_cost_table(collection, "val"),
         "routing": routing_table(collection),
         "figures": [
             {"file": name, "title": FIGURES[name][0], "caption": FIGURES[name][1], "base64": base64.b64encode(data).decode("ascii")}
