@@ -73,6 +73,10 @@ class StaleResult(ReproError):
     """A result file computed from another checkpoint than the run's checkpoint.pt."""
 
 
+class OutdatedResult(ReproError):
+    """A result file an older repro wrote with a definition that has since changed: measured again, not read."""
+
+
 # ---------------------------------------------------------------------------------------------- schemas
 
 # A schema is a type (float: a finite number; int; str; bool; dict or list: any object or list), a list
@@ -608,7 +612,15 @@ def write_timing(run: RunDir, timing: dict) -> None:
 
 
 def read_timing(run: RunDir, check_current: bool = True) -> dict:
-    return _read_result(run, TIMING, TIMING_SCHEMA, check_current)
+    """timing.json, refused (a ReproError naming the fix) when an older repro wrote it: its batch-1 speed-up
+    was a ratio of median latencies, which a mix of exits makes incomparable with the MAC speed-up."""
+    from repro.timing import BATCH1_STATISTIC
+
+    data = _read_result(run, TIMING, TIMING_SCHEMA, check_current)
+    if data.get("batch1_statistic") != BATCH1_STATISTIC:
+        raise OutdatedResult(f"{run.file(TIMING)} was written by an older repro (batch-1 latency as a median, not comparable "
+                             f"with the MAC speed-up); {fix_command(run, TIMING)}")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------- sweep.csv

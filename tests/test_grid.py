@@ -235,6 +235,21 @@ def test_a_second_run_trains_nothing_even_without_checkpoints(finished_grid, tmp
         assert plan_cell(moved, grid.steps).done, cell.name
 
 
+def test_a_timing_file_of_an_older_repro_is_timed_again(finished_grid, tmp_path):
+    import shutil
+
+    folder, path, _ = finished_grid
+    copy = tmp_path / "older"
+    shutil.copytree(folder / "out" / "bnet", copy / "bnet")
+    data = rundir.read_json(copy / "bnet" / rundir.TIMING)
+    data.pop("batch1_statistic")
+    rundir.write_json(copy / "bnet" / rundir.TIMING, data)
+    grid = load_grid(str(path))
+    (cell,) = [c for c in grid.cells if c.name == "bnet"]
+    moved = cell.__class__(cell.name, cell.options, cell.config, copy / "bnet")
+    assert plan_cell(moved, grid.steps).steps == ["timing"]
+
+
 def test_a_changed_option_is_an_error_for_that_cell_never_an_overwrite(finished_grid):
     folder, path, _ = finished_grid
     result = invoke(path, "--set", "lr=0.01", "--only", "bnet", "--no-report")  # lr is shared: names do not change

@@ -29,6 +29,7 @@ from repro.report.references import builtin_references, load_references
 from repro.report.render import markdown_escape
 from repro.report.tables import routing_table, table1, table2, table2_exits, table3
 from repro.rundir import SWEEP_SOURCE
+from repro.timing import BATCH1_STATISTIC
 from repro.artifacts import write_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -94,11 +95,14 @@ def write_run(root: Path, name: str, cfg: dict, exit_accuracy: list[float], meth
         rundir.write_json(run.file(rundir.TIMING), {
             "device": "cpu: test CPU (2 threads)", "n_images": 100, "batch_size": 64,
             "operating_point": {"criterion": criterion, "thresholds": [0.3] * (exits - 1)},
-            "batch1": {k: {"mean_ms": v, "median_ms": v, "p95_ms": v} for k, v in (("plain", plain), ("full", plain * 1.1), ("early_exit", early))},
+            # Medians unlike the means: the tables show means (the average cost per image).
+            "batch1": {k: {"mean_ms": v, "median_ms": v * 0.8, "p95_ms": v * 1.5}
+                       for k, v in (("plain", plain), ("full", plain * 1.1), ("early_exit", early))},
             "batched": {k: {"ms_per_image": v / 10, "mean_ms": v / 10, "median_ms": v / 10, "p95_ms": v / 10}
                         for k, v in (("plain", plain), ("full", plain * 1.1), ("early_exit", early))},
             "measured_speedup": {"batch1": plain / early, "batched": plain / early}, "macs_speedup": op["test"]["macs_speedup"],
             "early_exit_accuracy": op["test"]["accuracy"], "exit_fractions": fractions, "checkpoint_sha256": "0" * 64,
+            "batch1_statistic": BATCH1_STATISTIC,
         })
     if exits > 1 and sweep:
         rows = []
@@ -413,6 +417,22 @@ def test_results_of_the_current_checkpoint_are_reported(tmp_path):
     assert record.eval and record.timing and record.calibration and record.sweep is not None
     assert table2(collection, load_references())[0].cell("bnet", "Latency (ms)").text == "3.700"
     assert table3(collection)[0].cell("bnet", "Test accuracy (%)").text == "65.43"
+
+
+def test_a_timing_file_of_an_older_repro_is_asked_again_not_shown(tmp_path):
+    """An older repro's batch-1 speed-up was a ratio of median latencies: never shown beside the MAC speed-up."""
+    path = checkpointed_run(tmp_path / "runs")
+    data = rundir.read_json(path / rundir.TIMING)
+    data.pop("batch1_statistic")
+    rundir.write_json(path / rundir.TIMING, data)
+    collection = collect([tmp_path / "runs"])
+    (record,) = collection.runs
+    assert record.timing is None and record.eval is not None
+    (missing,) = collection.missing
+    assert missing.what == rundir.TIMING and "written by an older repro" in missing.why
+    assert missing.command == f"repro eval {path} --timing"
+    latency = table2(collection, load_references())[0].cell("bnet", "Latency (ms)")
+    assert latency.value is None and latency.commands == [f"repro eval {path} --timing"]
 
 
 def test_a_fresh_eval_of_a_retrained_run_never_shows_the_old_sweep_calibration_or_timing(tmp_path):

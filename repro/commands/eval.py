@@ -80,7 +80,8 @@ def timing_table(timing: dict):
     table = Table(
         title=f"latency per image (ms) over {timing['n_images']} test images on {timing['device']}",
         caption=(
-            f"measured speed-up {timing['measured_speedup']['batch1']:.2f}x (batch 1), "
+            f"measured speed-up {timing['measured_speedup']['batch1']:.2f}x (batch 1, mean latency; the median "
+            f"image's {timing['measured_speedup']['batch1_median']:.2f}x), "
             f"{timing['measured_speedup']['batched']:.2f}x (batch {size}); "
             f"MAC-predicted {timing['macs_speedup']:.2f}x"
         ),

@@ -53,9 +53,9 @@ def _prepare(model, x: torch.Tensor, criterion: str, thresholds) -> list[float]:
 
 # Calls with at least this many images run in channels-last layout on a CPU: oneDNN's convolutions then
 # skip a layout conversion per layer. Measured on this project's 2-core CPU (benchmarks/bench_exits.py,
-# "memory layout", full-width models, float32): the plain networks 1.15-1.2x faster at batch 256, mixed at 64
-# (VGG-13 6% slower, AlexNet and ResNet-18 3% faster), 1.1-1.3x slower at batch 1-4; so batch 1 keeps the
-# default layout.
+# "memory layout", full-width models, float32): the plain networks 1.1-1.2x faster at batch 256, mixed at 64
+# (VGG-13 1% slower, AlexNet 1% and ResNet-18 10% faster), 1.1-1.6x slower at batch 1-4; so batch 1 keeps
+# the default layout.
 CHANNELS_LAST_MIN_BATCH = 64
 
 

@@ -408,8 +408,9 @@ def _timing_notes(groups: list[Group]) -> list[str]:
     from repro.timing import SPREAD_WARNING
 
     devices = sorted({str(run.timing.get("device")) for group in groups for run in group.runs if run.timing})
-    notes = [f"Latency measured on {device}: the median per image at batch size 1; the measured speed-up is the median "
-             f"over repeated passes of plain-network over early-exit median latency." for device in devices]
+    notes = [f"Latency measured on {device}: the mean per image at batch size 1 (each image's median over repeated passes); "
+             f"the measured speed-up is plain-network over early-exit mean latency, the average cost per image that the MAC "
+             f"speed-up predicts." for device in devices]
     unsteady = [run.name for group in groups for run in group.runs
                 if isinstance(run_values(run)["speedup_spread"], (int, float)) and run_values(run)["speedup_spread"] > SPREAD_WARNING]
     if unsteady:
