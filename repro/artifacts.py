@@ -613,13 +613,14 @@ def write_timing(run: RunDir, timing: dict) -> None:
 
 def read_timing(run: RunDir, check_current: bool = True) -> dict:
     """timing.json, refused (a ReproError naming the fix) when an older repro wrote it: its batch-1 speed-up
-    was a ratio of median latencies, which a mix of exits makes incomparable with the MAC speed-up."""
-    from repro.timing import BATCH1_STATISTIC
+    was a ratio of median latencies, which a mix of exits makes incomparable with the MAC speed-up, and it
+    timed the first test images, which a data set stored class by class makes one class."""
+    from repro.timing import BATCH1_STATISTIC, IMAGES
 
     data = _read_result(run, TIMING, TIMING_SCHEMA, check_current)
-    if data.get("batch1_statistic") != BATCH1_STATISTIC:
-        raise OutdatedResult(f"{run.file(TIMING)} was written by an older repro (batch-1 latency as a median, not comparable "
-                             f"with the MAC speed-up); {fix_command(run, TIMING)}")
+    if data.get("batch1_statistic") != BATCH1_STATISTIC or data.get("images") != IMAGES:
+        raise OutdatedResult(f"{run.file(TIMING)} was written by an older repro (batch-1 latency as a median, or the first "
+                             f"test images instead of a random sample); {fix_command(run, TIMING)}")
     return data
 
 

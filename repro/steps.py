@@ -65,7 +65,8 @@ def evaluate_run(run: RunDir, batch_size: int = 256, device: str = "cpu") -> dic
 
 
 def time_run(run: RunDir, n_images: int = 1000, batch_size: int = 256, device: str = "cpu", threads: int | None = None) -> dict:
-    """`repro eval RUN --timing`: time the run's operating point (from eval.json) on its first test images.
+    """`repro eval RUN --timing`: time the run's operating point (from eval.json) on a seeded random sample of
+    its test images (repro.timing.sample_images).
 
     threads: CPU threads for torch while timing (None: leave torch's setting). On a machine shared with
     other work, 1 thread avoids intra-op barriers waiting for a descheduled thread, which can slow small
@@ -90,7 +91,7 @@ def _time_run(run: RunDir, n_images: int, batch_size: int, device: str) -> dict:
     from repro.data import DeviceLoader
     from repro.environment import describe_device
     from repro.rebuild import load_run
-    from repro.timing import measure
+    from repro.timing import measure, sample_images
 
     sha = _current_checkpoint(run)
     evaluation = artifacts.read_eval(run)
@@ -103,7 +104,8 @@ def _time_run(run: RunDir, n_images: int, batch_size: int, device: str) -> dict:
             raise ReproError(f"eval.json of run {run.path} has no early-exit operating point ({point['how']}); nothing to time")
         criterion, thresholds = "entropy", []  # one classifier: every path ends at the final exit
     images, labels = loaded.splits["test"]
-    images, labels = images[:n_images], labels[:n_images]
+    chosen = sample_images(len(labels), n_images)
+    images, labels = images[chosen], labels[chosen]
     x, y = next(iter(DeviceLoader(images, labels, len(images), device, loaded.dataset.mean, loaded.dataset.std)))
     body = measure(model, x, y, criterion, thresholds, float(evaluation["plain_macs"]), batch_size)
     _unchanged(run, sha, f"repro eval {run.path} --timing")

@@ -1,6 +1,6 @@
 """Measured early-exit latency: `repro eval --timing`, the reproduction report's Table 2 done over many images.
 
-The report timed one random image; here N test images (default 1000) go through three paths, with the
+The report timed one random image; here N test images (default 1000, a seeded random sample: `sample_images`) go through three paths, with the
 same weights, on the same device, interleaved image by image at batch size 1 so that drifts in clock
 speed or load hit all three alike:
 
@@ -49,9 +49,23 @@ WARMUP_IMAGES = 5  # per path, untimed: first calls allocate buffers and pick ke
 MIN_TIMED_BATCHES = 10
 REPEATS = 3  # passes over all images, each giving one speed-up: their spread says how far to trust it
 SPREAD_WARNING = 0.2  # a relative spread of the repeats' speed-ups above this is too large to read a speed-up from
-# What timing.json's batch-1 latencies and speed-up are: a file without it (an older repro: ratios of median
-# latencies) is re-timed rather than read beside the MAC speed-up.
+# What timing.json's batch-1 latencies and speed-up are, and which images: a file without these (an older
+# repro: ratios of median latencies, on the first test images) is re-timed rather than read beside the MAC
+# speed-up. The first test images are no sample: a data set stored class by class (the CIFAR-10 JPEG copy's
+# first 1000 test images are all airplanes) exits, and so times, like one class.
 BATCH1_STATISTIC = "mean over images of each image's median latency over the repeats"
+IMAGES = "a random sample of the test split (seed 0)"
+SAMPLE_SEED = 0
+
+
+def sample_images(count: int, n_images: int) -> torch.Tensor:
+    """Indices (ascending) of the `n_images` test images to time out of `count`: a seeded random sample, the
+    same for every run on the same data set, so that methods are timed on the same images; all of them when
+    n_images >= count."""
+    if n_images >= count:
+        return torch.arange(count)
+    generator = torch.Generator().manual_seed(SAMPLE_SEED)
+    return torch.randperm(count, generator=generator)[:n_images].sort().values
 
 
 def wall_clock(device: torch.device):
@@ -175,6 +189,7 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
         "measured_speedup": measured,
         "macs_speedup": macs_speedup,
         "batch1_statistic": BATCH1_STATISTIC,
+        "images": IMAGES,
         "measured_over_predicted": {key: measured[key] / macs_speedup for key in ("batch1", "batched")},
         "early_exit_accuracy": (predictions == targets.cpu()).double().mean().item(),
         "exit_fractions": (torch.bincount(torch.cat([r.exits for r in results]), minlength=model.num_exits).double() / len(x)).tolist(),

@@ -169,11 +169,15 @@ def test_timing_writes_its_figures(proposed_run):
     assert speedup["batch1_median"] == pytest.approx(timing["batch1"]["plain"]["median_ms"] / timing["batch1"]["early_exit"]["median_ms"])
     assert speedup["batched"] == pytest.approx(timing["batched"]["plain"]["ms_per_image"] / timing["batched"]["early_exit"]["ms_per_image"])
     assert len(speedup["batched_rounds"]) == 5
-    # The timed early exits are those of the stored outputs at the operating point, on the first 8 test images.
+    # The timed early exits are those of the stored outputs at the operating point, on the sampled test images.
+    from repro.timing import sample_images
+
     outputs = torch.load(proposed_run.file(rundir.OUTPUTS), weights_only=True)
     test = outputs["splits"]["test"]
-    exits, predictions = criteria.select_exits("gate", 0.5, test["logits"][:, :8], test["gates"][:, :8])
-    assert timing["early_exit_accuracy"] == (predictions == test["targets"][:8]).double().mean().item()
+    chosen = sample_images(len(test["targets"]), 8)
+    assert timing["images"] == "a random sample of the test split (seed 0)" and len(test["targets"]) > 8
+    exits, predictions = criteria.select_exits("gate", 0.5, test["logits"][:, chosen], test["gates"][:, chosen])
+    assert timing["early_exit_accuracy"] == (predictions == test["targets"][chosen]).double().mean().item()
     assert timing["exit_fractions"] == (torch.bincount(exits, minlength=10).double() / 8).tolist()
     summary = json.loads(proposed_run.file(rundir.EVAL).read_text())
     expected = summary["plain_macs"] / outputs["exit_macs"].double()[exits].mean().item()
@@ -187,6 +191,19 @@ def test_the_report_takes_timing_sweep_and_calibration_of_the_current_checkpoint
     assert result.exit_code == 0, result.output
     (record,) = collect([proposed_run.path]).runs
     assert record.missing == [] and record.timing and record.calibration and record.sweep is not None
+
+
+def test_timed_images_are_a_seeded_random_sample_not_the_first_ones():
+    """A test split stored class by class (the CIFAR-10 JPEG copy's first 1000 images are one class) must not
+    be timed by its first images: the sample spans the classes, is the same on every call, and sorted."""
+    from repro.timing import sample_images
+
+    labels = torch.arange(10).repeat_interleave(1000)  # 10 classes of 1000, stored class by class
+    chosen = sample_images(len(labels), 1000)
+    counts = torch.bincount(labels[chosen], minlength=10)
+    assert len(chosen) == len(set(chosen.tolist())) == 1000 and counts.min() >= 70 and counts.max() <= 130
+    assert torch.equal(chosen, sample_images(len(labels), 1000)) and torch.equal(chosen, chosen.sort().values)
+    assert torch.equal(sample_images(5, 8), torch.arange(5))  # fewer images than asked: all of them
 
 
 def test_batched_stats_are_per_image_over_batches():

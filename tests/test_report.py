@@ -29,7 +29,7 @@ from repro.report.references import builtin_references, load_references
 from repro.report.render import markdown_escape
 from repro.report.tables import routing_table, table1, table2, table2_exits, table3
 from repro.rundir import SWEEP_SOURCE
-from repro.timing import BATCH1_STATISTIC
+from repro.timing import BATCH1_STATISTIC, IMAGES
 from repro.artifacts import write_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -102,7 +102,7 @@ def write_run(root: Path, name: str, cfg: dict, exit_accuracy: list[float], meth
                         for k, v in (("plain", plain), ("full", plain * 1.1), ("early_exit", early))},
             "measured_speedup": {"batch1": plain / early, "batched": plain / early}, "macs_speedup": op["test"]["macs_speedup"],
             "early_exit_accuracy": op["test"]["accuracy"], "exit_fractions": fractions, "checkpoint_sha256": "0" * 64,
-            "batch1_statistic": BATCH1_STATISTIC,
+            "batch1_statistic": BATCH1_STATISTIC, "images": IMAGES,
         })
     if exits > 1 and sweep:
         rows = []
@@ -419,11 +419,13 @@ def test_results_of_the_current_checkpoint_are_reported(tmp_path):
     assert table3(collection)[0].cell("bnet", "Test accuracy (%)").text == "65.43"
 
 
-def test_a_timing_file_of_an_older_repro_is_asked_again_not_shown(tmp_path):
-    """An older repro's batch-1 speed-up was a ratio of median latencies: never shown beside the MAC speed-up."""
+@pytest.mark.parametrize("key", ["batch1_statistic", "images"])
+def test_a_timing_file_of_an_older_repro_is_asked_again_not_shown(tmp_path, key):
+    """An older repro's batch-1 speed-up was a ratio of median latencies, over the first test images: never
+    shown beside the MAC speed-up."""
     path = checkpointed_run(tmp_path / "runs")
     data = rundir.read_json(path / rundir.TIMING)
-    data.pop("batch1_statistic")
+    data.pop(key)
     rundir.write_json(path / rundir.TIMING, data)
     collection = collect([tmp_path / "runs"])
     (record,) = collection.runs
