@@ -32,7 +32,7 @@ class DemoConfig:
     # in about a minute on 2 CPU cores, large enough that early exit pays in wall-clock time: at 0.125 the
     # plain network's batch-1 latency (~0.6 ms) is a few framework calls, so every exit measured the per-call
     # cost, not the network, and measured speed-ups were below 1 however many MACs an exit saved. At 0.25,
-    # measured on this project's CPU: bnet 1.9x (batch 1, mean latency) / 1.6x (batched) for 3.6x fewer MACs.
+    # measured on this project's CPU: bnet 1.9-2.0x (batch 1, mean latency) / 1.6x (batched) for 3.5x fewer MACs.
     width: float = 0.25
     subset: int = 4000  # training images (class-balanced; 20 % of them for validation), and subset // 5 test images
     epochs: int = 6  # passes over the training images
