@@ -91,7 +91,7 @@ def _time_run(run: RunDir, n_images: int, batch_size: int, device: str) -> dict:
     from repro.data import DeviceLoader
     from repro.environment import describe_device
     from repro.rebuild import load_run
-    from repro.timing import measure, sample_images
+    from repro.timing import IMAGES, measure, sample_images
 
     sha = _current_checkpoint(run)
     evaluation = artifacts.read_eval(run)
@@ -115,6 +115,7 @@ def _time_run(run: RunDir, n_images: int, batch_size: int, device: str) -> dict:
         "batch_size": body.pop("batch_size"),
         "operating_point": {"criterion": point["criterion"], "thresholds": point["thresholds"]},
         "checkpoint_sha256": sha,
+        "images": IMAGES,  # said here, where the sample is drawn (measure times whatever it is given)
         **body,
         "torch": torch.__version__,
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

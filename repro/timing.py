@@ -189,7 +189,6 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
         "measured_speedup": measured,
         "macs_speedup": macs_speedup,
         "batch1_statistic": BATCH1_STATISTIC,
-        "images": IMAGES,
         "measured_over_predicted": {key: measured[key] / macs_speedup for key in ("batch1", "batched")},
         "early_exit_accuracy": (predictions == targets.cpu()).double().mean().item(),
         "exit_fractions": (torch.bincount(torch.cat([r.exits for r in results]), minlength=model.num_exits).double() / len(x)).tolist(),
