@@ -640,3 +640,56 @@ def test_equal_cost_on_validation_reads_the_chosen_points_validation_accuracy(re
     assert "its validation accuracy" in val.notes[0]
     assert "#### On validation, where settings are chosen" in report["md"]
     assert 'id="equal-cost-validation"' in report["html"]
+
+
+def write_lambda_runs(root: Path) -> None:
+    """A lambda curve: proposed at cost_weight 0.1 (seeds 0 and 1) and 1 (seed 0), with hand-made gate sweeps."""
+    def sweep(run: Path, points: list[tuple[float, float, float]]) -> None:  # (val accuracy, cost x plain, test accuracy)
+        rows = [{"split": split, "criterion": "gate", "threshold": t / 10, "accuracy": val if split == "val" else test,
+                 "mean_macs": cost * PLAIN_MACS, "macs_speedup": 1 / cost, "exit_fractions": "[1, 0, 0, 0]", "pareto": "true"}
+                for split in ("val", "test") for t, (val, cost, test) in enumerate(points)]
+        rundir.write_csv(rundir.RunDir(run).file(rundir.SWEEP), rows)
+
+    def proposed(name: str, seed: int, cost_weight: float, points) -> None:
+        cfg = config("proposed", seed) | {"cost_weight": cost_weight}
+        sweep(write_run(root, name, cfg, [0.4, 0.5, 0.6, 0.75]), points)
+
+    proposed("l0.1-s0", 0, 0.1, [(0.50, 0.2, 0.52), (0.70, 0.5, 0.68), (0.80, 1.0, 0.79)])
+    proposed("l1-s0", 0, 1.0, [(0.60, 0.25, 0.61), (0.72, 0.556, 0.66), (0.75, 0.667, 0.74)])
+    proposed("l0.1-s1", 1, 0.1, [(0.90, 0.2, 0.90)])  # seed 1 trained at one lambda only: not in the swept row
+
+
+def test_equal_cost_chooses_lambda_and_threshold_together(tmp_path):
+    """A lambda curve (runs differing in cost_weight alone) gets one more row: per seed, the best validation
+    point under each budget over all its lambdas' sweeps, read on test; a seed with one lambda is left out."""
+    from repro.report.tables import equal_cost_table
+
+    write_lambda_runs(tmp_path)
+    collection = collect([tmp_path])
+    for split, expected in (("test", ["61.00", "66.00", "74.00"]), ("val", ["60.00", "72.00", "75.00"])):
+        (table,) = equal_cost_table(collection, split)
+        row = table.row("proposed, λ and gate threshold chosen together (λ = 0.1, 1)")
+        assert row[2].text == "1"
+        assert [cell.text for cell in row[3:]] == expected
+        assert any("chosen together" in note for note in table.notes)
+    # Each lambda keeps its own row, read from its own sweep alone (lambda 1 at seed 0).
+    assert [c.text for c in table.row("proposed [cost_weight=1]")[3:]] == ["60.00", "72.00", "75.00"]
+
+
+def test_own_criterion_figure_draws_a_lambda_curve_as_one_front(tmp_path):
+    """The learned-gates figure: the default lambda as its own line (both seeds), the lambda curve as one
+    front over all lambdas of a seed (the running best of every point by cost), other lambdas as marks."""
+    from repro.report.figures import own_criterion_figure, own_criterion_panels
+    from repro.report.render import png_bytes
+
+    write_lambda_runs(tmp_path)
+    (panel,) = own_criterion_panels(collect([tmp_path]))
+    labels = [series.label for series in panel.series]
+    assert labels == ["proposed [cost_weight=0.1], gate threshold (n=2)", "proposed, λ and gate threshold swept (λ = 0.1, 1; n=1)"]
+    swept = panel.series[1]
+    assert swept.x.tolist() == pytest.approx([0.2, 0.25, 0.5, 0.556, 0.667, 1.0])
+    assert swept.y.tolist() == pytest.approx([52, 61, 68, 68, 74, 79])
+    # lambda 1's operating point: write_run's default, a quarter of the images at each exit (62.5 of 100 MACs), 75 %.
+    ((text, cost, accuracy, method),) = panel.marks
+    assert (text, method) == ("λ=1", "proposed") and cost == pytest.approx(0.625) and accuracy == pytest.approx(75.0)
+    assert png_bytes(own_criterion_figure([panel])).startswith(PNG_SIGNATURE)

@@ -34,7 +34,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from repro.report.collect import METHOD_ORDER, Collection, Group, stack
-from repro.report.tables import exit_accuracy, sections
+from repro.report.tables import BUDGETS, SWEPT_OPTION, exit_accuracy, own_criterion, sections, swept_families
 
 # Colours and markers by method, stable across figures; variants of one method share them and differ in line style.
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
@@ -73,6 +73,7 @@ class Panel:
     title: str
     series: list[Series] = field(default_factory=list)
     reference_lines: list[tuple[str, float, str]] = field(default_factory=list)  # (label, accuracy %, method)
+    marks: list[tuple[str, float, float, str]] = field(default_factory=list)  # (text, relative cost, accuracy %, method)
 
 
 def literal(text: str) -> str:
@@ -88,6 +89,16 @@ def colour(method: str, variant: int = 0):
     base = to_rgb(PALETTE[index % len(PALETTE)])
     mix = min(0.6, 0.3 * variant)
     return tuple(c + (1.0 - c) * mix for c in base)
+
+
+def spread_colour(method: str, variant: int, count: int):
+    """The method's colour for one of `count` variants, spread from darker to lighter shades, so that many
+    variants on one plot (a study's settings) stay apart; up to three use `colour`'s shades."""
+    if count <= 3:
+        return colour(method, variant)
+    base = colour(method)
+    mix = -0.55 + 1.2 * variant / (count - 1)  # -0.55 (dark) .. 0.65 (light)
+    return tuple(c * (1 + mix) if mix < 0 else c + (1.0 - c) * mix for c in base)
 
 
 def marker(method: str) -> str:
@@ -237,6 +248,35 @@ def accuracy_cost_figure(panels: list[Panel]) -> Figure:
     return figure
 
 
+def own_criterion_figure(panels: list[Panel]) -> Figure:
+    """One front per method on its own exit criterion, the budgets of the equal-cost table marked; a lambda
+    curve's operating points labelled with their lambda."""
+    figure, axes = _grid(len(panels))
+    for axis, panel in zip(axes, panels):
+        handles = []
+        for budget in BUDGETS:
+            axis.axvline(budget, color="grey", linewidth=0.8, linestyle=":", alpha=0.8)
+        axis.axvline(1.0, color="black", linewidth=0.8, alpha=0.5)
+        counts = {method: 1 + max(s.variant for s in panel.series if s.method == method) for method in {s.method for s in panel.series}}
+        for series in panel.series:
+            tint = spread_colour(series.method, series.variant, counts[series.method])
+            line, = axis.plot(series.x, series.y, drawstyle="steps-post", color=tint, linestyle=LINE_STYLES[series.variant % 4],
+                              marker=marker(series.method), markersize=3, linewidth=1.8, label=literal(series.label))
+            handles.append(line)
+            if series.std is not None and np.isfinite(series.std).any():
+                axis.fill_between(series.x, series.y - series.std, series.y + series.std, step="post", color=tint, alpha=0.12)
+        for text, cost, accuracy, method in panel.marks:
+            axis.plot(cost, accuracy, marker=marker(method), markersize=7, color=colour(method), markeredgecolor="black",
+                      linestyle="none")
+            axis.annotate(literal(text), (cost, accuracy), textcoords="offset points", xytext=(5, -10), fontsize=7)
+        if panel.marks:
+            handles.append(Line2D([], [], marker=marker(panel.marks[0][3]), markersize=6, color=colour(panel.marks[0][3]),
+                                  markeredgecolor="black", linestyle="none", label="one λ run at gate threshold 0.5 (Table 2)"))
+        _style(axis, panel.title, "mean MACs / plain network's (dotted: the equal-cost budgets)", "test accuracy (%)")
+        _legend(axis, outside=True, handles=handles)
+    return figure
+
+
 def training_figure(panels: list[Panel]) -> Figure:
     """Two axes per model x dataset: the final exit's training CE, and the method output's validation accuracy."""
     figure, axes = _grid(2 * len(panels), columns=2)
@@ -379,6 +419,67 @@ def accuracy_cost_panels(collection: Collection) -> list[Panel]:
     return panels
 
 
+def own_criterion_panels(collection: Collection) -> list[Panel]:
+    """Each early-exit group on its own exit criterion only (bnet and report-proposed: entropy, report-maxprob:
+    top probability, proposed: its gate), the mean front over seeds. A lambda curve (groups differing in
+    cost_weight alone) is one more line, per seed the front of all its lambda runs' points together (seeds
+    with one lambda left out); its groups other than the method's default lambda are drawn as their
+    operating points, labelled, not as lines of their own."""
+    from repro.methods import list_methods, method_defaults
+
+    panels = []
+    for caption, groups in sections(collection):
+        panel, variants = Panel(caption), _variant_index(groups)
+        families = swept_families(groups)
+        in_family = {id(group) for family in families for group in family}
+        for group in groups:
+            criterion = own_criterion(group.method)
+            if criterion is None:
+                continue
+            default = method_defaults(group.method).get(SWEPT_OPTION) if group.method in list_methods() else None
+            if id(group) in in_family and group.config.get(SWEPT_OPTION) != default:
+                accuracy, speedup = group.stat("op_accuracy"), group.stat("op_macs_speedup")
+                if accuracy is not None and speedup is not None:
+                    panel.marks.append((f"λ={group.config[SWEPT_OPTION]:g}", 1.0 / speedup.mean, accuracy.mean * 100, group.method))
+                continue
+            fronts = [front for front in _fronts(group).get(criterion, ([], []))[0] if len(front[0])]
+            if fronts:
+                cost, mean, std = mean_front(fronts)
+                panel.series.append(Series(f"{group.named_label}, {criterion} threshold (n={len(fronts)})", cost, mean, std,
+                                           method=group.method, variant=variants[id(group)]))
+        for family in families:
+            criterion = own_criterion(family[0].method)
+            by_seed: dict = {}
+            for group in family:
+                for run in group.runs:
+                    by_seed.setdefault(run.seed, []).append(run)
+            fronts = []
+            for runs in by_seed.values():
+                points = [_fronts(_Single(run)).get(criterion, ([], []))[1] for run in runs]
+                points = [p[0] for p in points if p]
+                if len(points) > 1:  # mean_front's running maximum turns all points into their joint front
+                    fronts.append((np.concatenate([c for c, _ in points]), np.concatenate([a for _, a in points])))
+            if fronts and criterion:
+                cost, mean, std = mean_front(fronts)
+                values = ", ".join(f"{g.config[SWEPT_OPTION]:g}" for g in family if g.config[SWEPT_OPTION] is not None)
+                panel.series.append(Series(f"{family[0].method}, λ and {criterion} threshold swept (λ = {values}; n={len(fronts)})",
+                                           cost, mean, std, method=family[0].method, variant=3))
+        if panel.series:
+            panels.append(panel)
+    return panels
+
+
+@dataclass
+class _Single:
+    """One run seen as a group (what `_fronts` reads)."""
+
+    run: object
+
+    @property
+    def runs(self) -> list:
+        return [self.run]
+
+
 def _operating_criterion(group: Group) -> str | None:
     for run in group.runs:
         criterion = ((run.eval or {}).get("operating_point") or {}).get("criterion")
@@ -463,6 +564,12 @@ FIGURES = {
                           "accuracy at that cost or less; band ± std); stars: the operating point of Table 2. Cost 1 is the "
                           "network without exits.",
                           accuracy_cost_panels, accuracy_cost_figure),
+    "own-criterion.png": ("Each method on its own criterion", "The fronts of the equal-cost table: each early-exit method "
+                          "on the exit criterion it is meant to use (bnet and report-proposed: entropy; report-maxprob: top "
+                          "probability; proposed: its learned gate), test split, mean over seeds (band: ± std). A lambda curve "
+                          "is one line for all its lambdas together, its runs other than the default lambda marked at their "
+                          "Table 2 operating point. Dotted: 0.4, 0.6 and 0.8 x plain MACs, where the table compares.",
+                          own_criterion_panels, own_criterion_figure),
     "exit-fractions.png": ("Where images leave", "Percentage of test images leaving at each exit at the operating point "
                            "(mean over seeds).", exit_fractions_panels, exit_fractions_figure),
     "training.png": ("Training curves", "Per epoch, mean over seeds (band: ± std): the final exit's training cross-entropy "

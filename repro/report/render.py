@@ -111,6 +111,14 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+GATES_FIGURE = "own-criterion.png"  # shown in the "Learned gates" section, beside the table it draws
+SECTION_FIGURES = {GATES_FIGURE}
+
+
+def shown(name: str, data: bytes) -> dict:
+    return {"file": name, "title": FIGURES[name][0], "caption": FIGURES[name][1], "base64": base64.b64encode(data).decode("ascii")}
+
+
 def context(collection: Collection, references: References, inputs, figures: dict[str, bytes]) -> dict:
     """Everything the templates show, as plain data."""
     missing = collection.missing
@@ -133,10 +141,8 @@ def context(collection: Collection, references: References, inputs, figures: dic
         "equal_cost": equal_cost_table(collection),
         "equal_cost_val": equal_cost_table(collection, "val"),
         "routing": routing_table(collection),
-        "figures": [
-            {"file": name, "title": FIGURES[name][0], "caption": FIGURES[name][1], "base64": base64.b64encode(data).decode("ascii")}
-            for name, data in figures.items()
-        ],
+        "figures": [shown(name, data) for name, data in figures.items() if name not in SECTION_FIGURES],
+        "gates_figure": shown(GATES_FIGURE, figures[GATES_FIGURE]) if GATES_FIGURE in figures else None,
         "figures_absent": [FIGURES[name][0] for name in FIGURES if name not in figures],
         "missing": by_run,
         "files": [rundir.METRICS, rundir.EVAL, rundir.TIMING, rundir.SWEEP, rundir.CALIBRATION],

@@ -16,6 +16,7 @@ or a dash with a note saying why nothing can fill it (no reference number exists
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -530,31 +531,82 @@ def own_criterion(method: str) -> str | None:
     return method_class(method).criterion if method in list_methods() else None
 
 
-def accuracy_at_budget(run, criterion: str, budget: float, split: str = "test") -> float | None:
-    """Test accuracy (fraction) of the operating point chosen on validation: the most accurate validation
-    point of `criterion` whose mean MACs are at most `budget` x the plain network's; its threshold is then
-    read on test (the sweep's grid is the same on both splits). None when no point is that cheap.
-    split "val": that point's validation accuracy, the figure a choice between settings is made on."""
+def _affordable_points(run, criterion: str, budget: float) -> list[tuple[float, float, float]]:
+    """(validation accuracy, mean MACs, test accuracy) of every sweep point of `criterion` whose validation
+    mean MACs are at most `budget` x the plain network's (the sweep's grid is the same on both splits)."""
     sweep = run.sweep
     if sweep is None or sweep.empty:
-        return None
+        return []
     rows = sweep[sweep["criterion"] == criterion]
     val, test = rows[rows["split"] == "val"], rows[rows["split"] == "test"]
-    affordable = val[1.0 / val["macs_speedup"] <= budget * (1 + 1e-12)]
-    if affordable.empty or len(val) != len(test):
+    if len(val) != len(test):
+        return []
+    cheap = (1.0 / val["macs_speedup"].to_numpy(float)) <= budget * (1 + 1e-12)
+    return [(float(v), float(m), float(t)) for v, m, t, ok in zip(val["accuracy"], val["mean_macs"], test["accuracy"], cheap) if ok]
+
+
+def best_at_budget(runs, criterion: str, budget: float, split: str = "test") -> float | None:
+    """Test accuracy (fraction) of the operating point chosen on validation among the points of all `runs`:
+    the most accurate validation point of `criterion` whose mean MACs are at most `budget` x the plain
+    network's (the cheaper one on a tie), its threshold then read on test. None when no point is that cheap.
+    split "val": that point's validation accuracy, the figure a choice between settings is made on."""
+    points = [point for run in runs for point in _affordable_points(run, criterion, budget)]
+    if not points:
         return None
-    best = affordable.sort_values(["accuracy", "mean_macs"], ascending=[False, True]).index[0]
-    if split == "val":
-        return float(val.loc[best, "accuracy"])
-    position = list(val.index).index(best)
-    return float(test.iloc[position]["accuracy"])
+    val_accuracy, _, test_accuracy = min(points, key=lambda p: (-p[0], p[1]))
+    return val_accuracy if split == "val" else test_accuracy
+
+
+def accuracy_at_budget(run, criterion: str, budget: float, split: str = "test") -> float | None:
+    """`best_at_budget` for one run: its own criterion's thresholds swept."""
+    return best_at_budget([run], criterion, budget, split)
+
+
+SWEPT_OPTION = "cost_weight"  # the paper's trade-off knob: one run per lambda, the operating point chosen over all
+
+
+def swept_families(groups: list[Group]) -> list[list[Group]]:
+    """Groups of one method that differ in `SWEPT_OPTION` alone (the lambda curve), two or more of them."""
+    families: dict[tuple, list[Group]] = {}
+    for group in groups:
+        if SWEPT_OPTION not in group.config:
+            continue
+        rest = json.dumps({k: v for k, v in group.config.items() if k != SWEPT_OPTION}, sort_keys=True, default=str)
+        families.setdefault((group.method, rest), []).append(group)
+    return [sorted(family, key=lambda g: (g.config[SWEPT_OPTION] is None, g.config[SWEPT_OPTION] or 0))
+            for family in families.values() if len(family) > 1]
+
+
+def _swept_row(family: list[Group], criterion: str, split: str) -> list[Cell]:
+    """One row for a lambda curve: per seed, the best validation point under each budget over every lambda's
+    sweep (lambda and threshold chosen together on validation), read on test; seeds with one lambda only
+    are left out (nothing was swept for them)."""
+    by_seed: dict = {}
+    for group in family:
+        for run in group.runs:
+            by_seed.setdefault(run.seed, []).append(run)
+    seeds = {seed: runs for seed, runs in by_seed.items() if len(runs) > 1}
+    values = ", ".join("the default" if g.config[SWEPT_OPTION] is None else f"{g.config[SWEPT_OPTION]:g}" for g in family)
+    label = f"{family[0].method}, λ and {criterion} threshold chosen together (λ = {values})"
+    row = [text_cell(label, note=f"{SWEPT_OPTION} swept: one run per value, seeds {sorted(seeds, key=str)}"),
+           text_cell(criterion), text_cell(str(len(seeds)))]
+    for budget in BUDGETS:
+        stat = Stat.of([v for v in (best_at_budget(runs, criterion, budget, split) for runs in seeds.values()) if v is not None])
+        if stat is None:
+            row.append(Cell(note=f"no {criterion} threshold reaches {budget:g} x the plain network's MACs on validation"))
+            continue
+        stat = stat.scaled(100)
+        text = f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if stat.n > 1 else "") + (f" (n={stat.n})" if stat.n < len(seeds) else "")
+        row.append(Cell(text=text, value=stat.mean))
+    return row
 
 
 def equal_cost_table(collection: Collection, split: str = "test") -> list[Table]:
     """Each method at 0.4, 0.6 and 0.8 of the plain network's MACs, its own criterion's thresholds chosen
     on validation and read on test (mean ± std over seeds): the paper's claim is that `proposed` is at or
     above B-Net at every one of these costs. split "val": the same points' validation accuracy, on which
-    a choice between a method's settings is made (test stays untouched by it)."""
+    a choice between a method's settings is made (test stays untouched by it). A method trained at several
+    lambdas also gets one row with lambda chosen on validation together with the threshold."""
     tables = []
     for caption, groups in sections(collection):
         groups = [g for g in groups if _has_exits(g) and any(run.sweep is not None for run in g.runs)]
@@ -573,10 +625,18 @@ def equal_cost_table(collection: Collection, split: str = "test") -> list[Table]
                     cell = Cell(note=f"no {criterion} threshold reaches {budget:g} x the plain network's MACs on validation")
                 row.append(cell)
             rows.append(row)
+        notes = []
+        for family in swept_families(groups):
+            criterion = own_criterion(family[0].method)
+            if criterion:
+                rows.append(_swept_row(family, criterion, split))
+                notes.append(f"The row \"λ and {criterion} threshold chosen together\": per seed, the most accurate "
+                             f"validation point under each budget among the sweeps of all its λ runs (the paper's way to buy "
+                             "speed: λ weighs the expected cost in the loss), read like the others; seeds trained at one λ only are left out.")
         read = "read on test" if split == "test" else "its validation accuracy"
-        notes = ["Each cell: the most accurate validation point of the method's own exit criterion whose mean MACs are at "
-                 f"most that fraction of the network without exits, {read}; a dash where no threshold is that cheap "
-                 "(the first exit alone costs about 0.31 x plain for VGG-13 with conv branches)."]
+        notes.insert(0, "Each cell: the most accurate validation point of the method's own exit criterion whose mean MACs are at "
+                     f"most that fraction of the network without exits, {read}; a dash where no threshold is that cheap "
+                     "(the first exit alone costs about 0.31 x plain for VGG-13 with conv branches).")
         tables.append(Table(caption, columns, rows, notes))
     return tables
 
