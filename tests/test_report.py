@@ -628,7 +628,7 @@ def test_equal_cost_on_validation_reads_the_chosen_points_validation_accuracy(re
 
     # Validation and test differ: val prefers the second point at 0.6 x plain, whose test accuracy is lower.
     sweep = pd.DataFrame({
-        "split": ["val"] * 3 + ["test"] * 3, "criterion": ["entropy"] * 6,
+        "split": ["val"] * 3 + ["test"] * 3, "criterion": ["entropy"] * 6, "threshold": [0.1, 0.2, 0.3] * 2,
         "accuracy": [0.50, 0.70, 0.60, 0.55, 0.65, 0.75], "macs_speedup": [4.0, 2.0, 1.8] * 2,
         "mean_macs": [25.0, 50.0, 55.0] * 2,
     })
@@ -693,3 +693,43 @@ def test_own_criterion_figure_draws_a_lambda_curve_as_one_front(tmp_path):
     ((text, cost, accuracy, method),) = panel.marks
     assert (text, method) == ("λ=1", "proposed") and cost == pytest.approx(0.625) and accuracy == pytest.approx(75.0)
     assert png_bytes(own_criterion_figure([panel])).startswith(PNG_SIGNATURE)
+
+
+def test_best_at_budget_affords_on_validation_cost_and_breaks_ties_by_cost():
+    """The budget is checked on the validation cost (a point cheap on validation but not on test is still
+    chosen), equal validation accuracy goes to the cheaper point, and a NaN point is never chosen."""
+    import types
+
+    import pandas as pd
+
+    from repro.report.tables import best_at_budget
+
+    def run(rows):  # rows: (threshold, val accuracy, val cost, test accuracy, test cost)
+        frame = pd.DataFrame([{"split": split, "criterion": "gate", "threshold": t, "accuracy": va if split == "val" else ta,
+                               "mean_macs": (vc if split == "val" else tc) * 100, "macs_speedup": 1 / (vc if split == "val" else tc)}
+                              for split in ("val", "test") for t, va, vc, ta, tc in rows])
+        return types.SimpleNamespace(sweep=frame)
+
+    a = run([(0.1, 0.60, 0.38, 0.61, 0.45), (0.2, 0.70, 0.55, 0.50, 0.39)])
+    assert best_at_budget([a], "gate", 0.4) == 0.61  # cheap enough on validation (0.38), not on test (0.45)
+    b = run([(0.1, 0.60, 0.35, 0.58, 0.35), (0.2, math.nan, 0.30, 0.99, 0.30)])
+    assert best_at_budget([a, b], "gate", 0.4) == 0.58  # ties at 0.60 on validation: b's point is cheaper; NaN skipped
+    assert best_at_budget([b], "gate", 0.32) is None
+
+
+def test_a_lambda_curve_with_a_run_that_left_lambda_unset(tmp_path):
+    """A run whose config has cost_weight None trained at the method's default (0.1): it joins the curve
+    as that lambda, in the table and in the figure."""
+    from repro.report.figures import own_criterion_panels
+    from repro.report.tables import equal_cost_table
+
+    write_lambda_runs(tmp_path)
+    config_path = tmp_path / "l0.1-s0" / rundir.CONFIG
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"cost_weight": None}))
+    collection = collect([tmp_path])
+    (table,) = equal_cost_table(collection)
+    row = table.row("proposed, λ and gate threshold chosen together (λ = 0.1, 1)")
+    assert [cell.text for cell in row[3:]] == ["61.00", "66.00", "74.00"]
+    (panel,) = own_criterion_panels(collection)
+    assert "proposed, λ and gate threshold swept (λ = 0.1, 1; n=1)" in [series.label for series in panel.series]
+    assert [mark[0] for mark in panel.marks] == ["λ=1"]

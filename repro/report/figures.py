@@ -34,7 +34,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from repro.report.collect import METHOD_ORDER, Collection, Group, stack
-from repro.report.tables import BUDGETS, SWEPT_OPTION, exit_accuracy, own_criterion, sections, swept_families
+from repro.report.tables import (BUDGETS, exit_accuracy, own_criterion, runs_by_seed, sections, swept_families, swept_label,
+                                 swept_value)
 
 # Colours and markers by method, stable across figures; variants of one method share them and differ in line style.
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
@@ -271,7 +272,7 @@ def own_criterion_figure(panels: list[Panel]) -> Figure:
             axis.annotate(literal(text), (cost, accuracy), textcoords="offset points", xytext=(5, -10), fontsize=7)
         if panel.marks:
             handles.append(Line2D([], [], marker=marker(panel.marks[0][3]), markersize=6, color=colour(panel.marks[0][3]),
-                                  markeredgecolor="black", linestyle="none", label="one λ run at gate threshold 0.5 (Table 2)"))
+                                  markeredgecolor="black", linestyle="none", label="one λ run at its Table 2 operating point"))
         _style(axis, panel.title, "mean MACs / plain network's (dotted: the equal-cost budgets)", "test accuracy (%)")
         _legend(axis, outside=True, handles=handles)
     return figure
@@ -373,14 +374,14 @@ def exit_accuracy_panels(collection: Collection) -> list[Panel]:
     return panels
 
 
-def _fronts(group: Group) -> dict[str, tuple[list, list]]:
+def _fronts(runs) -> dict[str, tuple[list, list]]:
     """Per criterion: each seed's test-split Pareto front and all its points, as (relative cost, accuracy %).
 
     Relative cost = 1 / MAC speed-up = mean MACs / plain-network MACs. Sweep thresholds come from each
     seed's own validation scores, so seeds are averaged along cost (`mean_front`), not threshold by threshold.
     """
     result: dict[str, tuple[list, list]] = {}
-    for run in group.runs:
+    for run in runs:
         if run.sweep is None or run.sweep.empty:
             continue
         test = run.sweep[run.sweep["split"] == "test"]
@@ -403,7 +404,7 @@ def accuracy_cost_panels(collection: Collection) -> list[Panel]:
             accuracy, speedup = group.stat("op_accuracy"), group.stat("op_macs_speedup")
             if accuracy is not None and speedup is not None:
                 point = (1.0 / speedup.mean, accuracy.mean * 100)
-            for criterion, (fronts, points) in _fronts(group).items():
+            for criterion, (fronts, points) in _fronts(group.runs).items():
                 fronts = [front for front in fronts if len(front[0])]
                 if not fronts:
                     continue
@@ -421,63 +422,45 @@ def accuracy_cost_panels(collection: Collection) -> list[Panel]:
 
 def own_criterion_panels(collection: Collection) -> list[Panel]:
     """Each early-exit group on its own exit criterion only (bnet and report-proposed: entropy, report-maxprob:
-    top probability, proposed: its gate), the mean front over seeds. A lambda curve (groups differing in
-    cost_weight alone) is one more line, per seed the front of all its lambda runs' points together (seeds
-    with one lambda left out); its groups other than the method's default lambda are drawn as their
-    operating points, labelled, not as lines of their own."""
-    from repro.methods import list_methods, method_defaults
+    top probability, proposed: its gate), the mean test front over seeds. A lambda curve (groups differing in
+    cost_weight alone) is one more line: per seed, the test front of all its lambda runs' points together;
+    its groups other than the method's default lambda are drawn as their operating points, not as lines."""
+    from repro.methods import method_defaults
 
     panels = []
     for caption, groups in sections(collection):
         panel, variants = Panel(caption), _variant_index(groups)
-        families = swept_families(groups)
+        families = [family for family in swept_families(groups) if own_criterion(family[0].method)]
         in_family = {id(group) for family in families for group in family}
         for group in groups:
             criterion = own_criterion(group.method)
             if criterion is None:
                 continue
-            default = method_defaults(group.method).get(SWEPT_OPTION) if group.method in list_methods() else None
-            if id(group) in in_family and group.config.get(SWEPT_OPTION) != default:
+            if id(group) in in_family and swept_value(group) != method_defaults(group.method).get("cost_weight"):
                 accuracy, speedup = group.stat("op_accuracy"), group.stat("op_macs_speedup")
                 if accuracy is not None and speedup is not None:
-                    panel.marks.append((f"λ={group.config[SWEPT_OPTION]:g}", 1.0 / speedup.mean, accuracy.mean * 100, group.method))
+                    panel.marks.append((f"λ={swept_value(group):g}", 1.0 / speedup.mean, accuracy.mean * 100, group.method))
                 continue
-            fronts = [front for front in _fronts(group).get(criterion, ([], []))[0] if len(front[0])]
+            fronts = [front for front in _fronts(group.runs).get(criterion, ([], []))[0] if len(front[0])]
             if fronts:
                 cost, mean, std = mean_front(fronts)
                 panel.series.append(Series(f"{group.named_label}, {criterion} threshold (n={len(fronts)})", cost, mean, std,
                                            method=group.method, variant=variants[id(group)]))
         for family in families:
-            criterion = own_criterion(family[0].method)
-            by_seed: dict = {}
-            for group in family:
-                for run in group.runs:
-                    by_seed.setdefault(run.seed, []).append(run)
+            method, criterion = family[0].method, own_criterion(family[0].method)
             fronts = []
-            for runs in by_seed.values():
-                points = [_fronts(_Single(run)).get(criterion, ([], []))[1] for run in runs]
-                points = [p[0] for p in points if p]
-                if len(points) > 1:  # mean_front's running maximum turns all points into their joint front
+            for runs in runs_by_seed(family).values():
+                points = [p for run in runs for p in _fronts([run]).get(criterion, ([], []))[1]]
+                if points:  # every point of every lambda: mean_front's running maximum makes them one front
                     fronts.append((np.concatenate([c for c, _ in points]), np.concatenate([a for _, a in points])))
-            if fronts and criterion:
+            if fronts:
                 cost, mean, std = mean_front(fronts)
-                values = ", ".join(f"{g.config[SWEPT_OPTION]:g}" for g in family if g.config[SWEPT_OPTION] is not None)
-                panel.series.append(Series(f"{family[0].method}, λ and {criterion} threshold swept (λ = {values}; n={len(fronts)})",
-                                           cost, mean, std, method=family[0].method, variant=3))
+                variant = 1 + max((s.variant for s in panel.series if s.method == method), default=-1)
+                panel.series.append(Series(f"{method}, λ and {criterion} threshold swept (λ = {swept_label(family)}; n={len(fronts)})",
+                                           cost, mean, std, method=method, variant=variant))
         if panel.series:
             panels.append(panel)
     return panels
-
-
-@dataclass
-class _Single:
-    """One run seen as a group (what `_fronts` reads)."""
-
-    run: object
-
-    @property
-    def runs(self) -> list:
-        return [self.run]
 
 
 def _operating_criterion(group: Group) -> str | None:
@@ -564,11 +547,13 @@ FIGURES = {
                           "accuracy at that cost or less; band ± std); stars: the operating point of Table 2. Cost 1 is the "
                           "network without exits.",
                           accuracy_cost_panels, accuracy_cost_figure),
-    "own-criterion.png": ("Each method on its own criterion", "The fronts of the equal-cost table: each early-exit method "
-                          "on the exit criterion it is meant to use (bnet and report-proposed: entropy; report-maxprob: top "
-                          "probability; proposed: its learned gate), test split, mean over seeds (band: ± std). A lambda curve "
-                          "is one line for all its lambdas together, its runs other than the default lambda marked at their "
-                          "Table 2 operating point. Dotted: 0.4, 0.6 and 0.8 x plain MACs, where the table compares.",
+    "own-criterion.png": ("Each method on its own criterion", "Each early-exit method on the exit criterion it is meant "
+                          "to use (bnet and report-proposed: entropy; report-maxprob: top probability; proposed: its learned "
+                          "gate): its test-split front (the best test accuracy at that test cost or less), mean over seeds (band: "
+                          "± std). A lambda curve is one line, the front of all its lambdas' points together; its runs other than "
+                          "the default lambda are marked at their Table 2 operating point. These fronts are chosen on test, an "
+                          "upper bound on the equal-cost table, whose points are chosen on validation. Dotted: 0.4, 0.6 and 0.8 "
+                          "x plain MACs, where the table compares.",
                           own_criterion_panels, own_criterion_figure),
     "exit-fractions.png": ("Where images leave", "Percentage of test images leaving at each exit at the operating point "
                            "(mean over seeds).", exit_fractions_panels, exit_fractions_figure),

@@ -533,16 +533,18 @@ def own_criterion(method: str) -> str | None:
 
 def _affordable_points(run, criterion: str, budget: float) -> list[tuple[float, float, float]]:
     """(validation accuracy, mean MACs, test accuracy) of every sweep point of `criterion` whose validation
-    mean MACs are at most `budget` x the plain network's (the sweep's grid is the same on both splits)."""
+    mean MACs are at most `budget` x the plain network's; each threshold's validation row is paired with its
+    test row (the sweep's thresholds are the same on both splits; nothing is paired where they are not)."""
     sweep = run.sweep
     if sweep is None or sweep.empty:
         return []
     rows = sweep[sweep["criterion"] == criterion]
     val, test = rows[rows["split"] == "val"], rows[rows["split"] == "test"]
-    if len(val) != len(test):
+    if len(val) != len(test) or not np.allclose(val["threshold"].to_numpy(float), test["threshold"].to_numpy(float), equal_nan=True):
         return []
     cheap = (1.0 / val["macs_speedup"].to_numpy(float)) <= budget * (1 + 1e-12)
-    return [(float(v), float(m), float(t)) for v, m, t, ok in zip(val["accuracy"], val["mean_macs"], test["accuracy"], cheap) if ok]
+    points = zip(val["accuracy"].to_numpy(float), val["mean_macs"].to_numpy(float), test["accuracy"].to_numpy(float), cheap)
+    return [(v, m, t) for v, m, t, ok in points if ok and np.isfinite(v) and np.isfinite(t)]
 
 
 def best_at_budget(runs, criterion: str, budget: float, split: str = "test") -> float | None:
@@ -565,29 +567,47 @@ def accuracy_at_budget(run, criterion: str, budget: float, split: str = "test") 
 SWEPT_OPTION = "cost_weight"  # the paper's trade-off knob: one run per lambda, the operating point chosen over all
 
 
+def swept_value(group: Group):
+    """The group's lambda; runs that left it unset trained at the method's default."""
+    from repro.methods import list_methods, method_defaults
+
+    value = group.config.get(SWEPT_OPTION)
+    if value is None and group.method in list_methods():
+        value = method_defaults(group.method).get(SWEPT_OPTION)
+    return value
+
+
 def swept_families(groups: list[Group]) -> list[list[Group]]:
-    """Groups of one method that differ in `SWEPT_OPTION` alone (the lambda curve), two or more of them."""
+    """Groups of one method that differ in `SWEPT_OPTION` alone (the lambda curve): two or more lambdas,
+    sorted by lambda. Methods without a lambda never form one."""
     families: dict[tuple, list[Group]] = {}
     for group in groups:
-        if SWEPT_OPTION not in group.config:
+        if swept_value(group) is None:
             continue
         rest = json.dumps({k: v for k, v in group.config.items() if k != SWEPT_OPTION}, sort_keys=True, default=str)
         families.setdefault((group.method, rest), []).append(group)
-    return [sorted(family, key=lambda g: (g.config[SWEPT_OPTION] is None, g.config[SWEPT_OPTION] or 0))
-            for family in families.values() if len(family) > 1]
+    return [sorted(family, key=swept_value) for family in families.values() if len({swept_value(g) for g in family}) > 1]
+
+
+def swept_label(family: list[Group]) -> str:
+    return ", ".join(f"{value:g}" for value in sorted({swept_value(g) for g in family}))
+
+
+def runs_by_seed(family: list[Group]) -> dict:
+    """Per seed, its runs over the family's lambdas; seeds trained at one lambda only are left out
+    (nothing was swept for them)."""
+    by_seed: dict = {}
+    for group in family:
+        for run in group.runs:
+            by_seed.setdefault(run.seed, {}).setdefault(swept_value(group), run)
+    return {seed: list(runs.values()) for seed, runs in by_seed.items() if len(runs) > 1}
 
 
 def _swept_row(family: list[Group], criterion: str, split: str) -> list[Cell]:
     """One row for a lambda curve: per seed, the best validation point under each budget over every lambda's
-    sweep (lambda and threshold chosen together on validation), read on test; seeds with one lambda only
-    are left out (nothing was swept for them)."""
-    by_seed: dict = {}
-    for group in family:
-        for run in group.runs:
-            by_seed.setdefault(run.seed, []).append(run)
-    seeds = {seed: runs for seed, runs in by_seed.items() if len(runs) > 1}
-    values = ", ".join("the default" if g.config[SWEPT_OPTION] is None else f"{g.config[SWEPT_OPTION]:g}" for g in family)
-    label = f"{family[0].method}, λ and {criterion} threshold chosen together (λ = {values})"
+    sweep (lambda and threshold chosen together on validation), read on test."""
+    seeds = runs_by_seed(family)
+    label = f"{family[0].method}, λ and {criterion} threshold chosen together (λ = {swept_label(family)})"
     row = [text_cell(label, note=f"{SWEPT_OPTION} swept: one run per value, seeds {sorted(seeds, key=str)}"),
            text_cell(criterion), text_cell(str(len(seeds)))]
     for budget in BUDGETS:
@@ -625,18 +645,16 @@ def equal_cost_table(collection: Collection, split: str = "test") -> list[Table]
                     cell = Cell(note=f"no {criterion} threshold reaches {budget:g} x the plain network's MACs on validation")
                 row.append(cell)
             rows.append(row)
-        notes = []
-        for family in swept_families(groups):
-            criterion = own_criterion(family[0].method)
-            if criterion:
-                rows.append(_swept_row(family, criterion, split))
-                notes.append(f"The row \"λ and {criterion} threshold chosen together\": per seed, the most accurate "
-                             f"validation point under each budget among the sweeps of all its λ runs (the paper's way to buy "
-                             "speed: λ weighs the expected cost in the loss), read like the others; seeds trained at one λ only are left out.")
+        families = [family for family in swept_families(groups) if own_criterion(family[0].method)]
+        rows += [_swept_row(family, own_criterion(family[0].method), split) for family in families]
         read = "read on test" if split == "test" else "its validation accuracy"
-        notes.insert(0, "Each cell: the most accurate validation point of the method's own exit criterion whose mean MACs are at "
-                     f"most that fraction of the network without exits, {read}; a dash where no threshold is that cheap "
-                     "(the first exit alone costs about 0.31 x plain for VGG-13 with conv branches).")
+        notes = ["Each cell: the most accurate validation point of the method's own exit criterion whose mean MACs are at "
+                 f"most that fraction of the network without exits, {read}; a dash where no threshold is that cheap "
+                 "(the first exit alone costs about 0.31 x plain for VGG-13 with conv branches)."]
+        if families:
+            notes.append("A row \"λ and ... threshold chosen together\": per seed, the most accurate validation point under "
+                         "each budget among the sweeps of all its λ runs (λ weighs the expected cost in the paper's loss: its "
+                         "way to buy speed), read like the others; seeds trained at one λ only are left out.")
         tables.append(Table(caption, columns, rows, notes))
     return tables
 
