@@ -733,3 +733,21 @@ def test_a_lambda_curve_with_a_run_that_left_lambda_unset(tmp_path):
     (panel,) = own_criterion_panels(collection)
     assert "proposed, λ and gate threshold swept (λ = 0.1, 1; n=1)" in [series.label for series in panel.series]
     assert [mark[0] for mark in panel.marks] == ["λ=1"]
+
+
+def test_criteria_table_reads_one_network_under_every_criterion(tmp_path):
+    """Each trained network under every criterion of its sweep, its own first: a second criterion's rows
+    (here maxprob, one point better everywhere) give their own budgeted accuracies."""
+    import pandas as pd
+
+    from repro.report.tables import criteria_table
+
+    run = write_run(tmp_path, "bnet-s0", config("bnet", 0), [0.5, 0.6, 0.7, 0.80])
+    sweep = pd.read_csv(run / rundir.SWEEP)
+    other = sweep.assign(criterion="maxprob", accuracy=sweep["accuracy"] + 0.01)
+    pd.concat([sweep, other]).to_csv(run / rundir.SWEEP, index=False)
+    (table,) = criteria_table(collect([tmp_path]))
+    assert [(row[0].text, row[1].text) for row in table.rows] == [("bnet (its own criterion)", "entropy"), ("bnet", "maxprob")]
+    # The fixture's sweep: at 0.4 x plain only exit 1 (50 %) is affordable, at 0.6 and 0.8 the point 5 below the final exit.
+    assert [cell.text for cell in table.rows[0][3:]] == ["50.00", "75.00", "75.00"]
+    assert [cell.text for cell in table.rows[1][3:]] == ["51.00", "76.00", "76.00"]

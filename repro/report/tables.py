@@ -621,6 +621,19 @@ def _swept_row(family: list[Group], criterion: str, split: str) -> list[Cell]:
     return row
 
 
+def _budget_row(group: Group, criterion: str | None, split: str, label: str | None = None) -> list[Cell]:
+    """The group at each budget, `criterion`'s thresholds chosen on validation (mean ± std over seeds)."""
+    row = [text_cell(label or group.display_label), text_cell(criterion or DASH), text_cell(str(group.n))]
+    for budget in BUDGETS:
+        values = [accuracy_at_budget(run, criterion, budget, split) for run in group.runs] if criterion else []
+        stat = Stat.of([v for v in values if v is not None])
+        cell = stat_cell(stat, group, 2, [], scale=100)
+        if stat is None:
+            cell = Cell(note=f"no {criterion} threshold reaches {budget:g} x the plain network's MACs on validation")
+        row.append(cell)
+    return row
+
+
 def equal_cost_table(collection: Collection, split: str = "test") -> list[Table]:
     """Each method at 0.4, 0.6 and 0.8 of the plain network's MACs, its own criterion's thresholds chosen
     on validation and read on test (mean ± std over seeds): the paper's claim is that `proposed` is at or
@@ -633,18 +646,7 @@ def equal_cost_table(collection: Collection, split: str = "test") -> list[Table]
         if not groups:
             continue
         columns = ["Method", "Criterion", "n"] + [f"{budget:g} × plain MACs (%)" for budget in BUDGETS]
-        rows = []
-        for group in groups:
-            criterion = own_criterion(group.method)
-            row = [text_cell(group.display_label), text_cell(criterion or DASH), text_cell(str(group.n))]
-            for budget in BUDGETS:
-                values = [accuracy_at_budget(run, criterion, budget, split) for run in group.runs] if criterion else []
-                stat = Stat.of([v for v in values if v is not None])
-                cell = stat_cell(stat, group, 2, [], scale=100)
-                if stat is None:
-                    cell = Cell(note=f"no {criterion} threshold reaches {budget:g} x the plain network's MACs on validation")
-                row.append(cell)
-            rows.append(row)
+        rows = [_budget_row(group, own_criterion(group.method), split) for group in groups]
         families = [family for family in swept_families(groups) if own_criterion(family[0].method)]
         rows += [_swept_row(family, own_criterion(family[0].method), split) for family in families]
         read = "read on test" if split == "test" else "its validation accuracy"
@@ -656,6 +658,34 @@ def equal_cost_table(collection: Collection, split: str = "test") -> list[Table]
                          "each budget among the sweeps of all its λ runs (λ weighs the expected cost in the paper's loss: its "
                          "way to buy speed), read like the others; seeds trained at one λ only are left out.")
         tables.append(Table(caption, columns, rows, notes))
+    return tables
+
+
+def criteria_table(collection: Collection) -> list[Table]:
+    """Every trained network under every exit criterion its sweep has (entropy, top probability, its gates),
+    at the equal-cost budgets, chosen on validation and read on test: separates what a method's training
+    gives from what its exit criterion gives. A lambda curve shows its default lambda only."""
+    from repro.methods import list_methods, method_defaults
+
+    tables = []
+    for caption, groups in sections(collection):
+        groups = [g for g in groups if _has_exits(g) and any(run.sweep is not None for run in g.runs)]
+        in_family = {id(g) for family in swept_families(groups) for g in family}
+        rows = []
+        for group in groups:
+            if id(group) in in_family and group.method in list_methods() and \
+                    swept_value(group) != method_defaults(group.method).get(SWEPT_OPTION):
+                continue
+            criteria = sorted({str(c) for run in group.runs if run.sweep is not None for c in run.sweep["criterion"].unique()})
+            own = own_criterion(group.method)
+            for criterion in sorted(criteria, key=lambda c: (c != own, c)):
+                label = group.display_label + (" (its own criterion)" if criterion == own else "")
+                rows.append(_budget_row(group, criterion, "test", label))
+        if rows:
+            columns = ["Method", "Criterion", "n"] + [f"{budget:g} × plain MACs (%)" for budget in BUDGETS]
+            tables.append(Table(caption, columns, rows, [
+                "Each cell as in the table above (thresholds chosen on validation, read on test), for every criterion the "
+                "run's sweep holds: the rows of one network differ only in how it decides to exit."]))
     return tables
 
 
