@@ -55,7 +55,7 @@ class Series:
     std: np.ndarray | None = None  # spread over seeds (ddof = 1), same length as y
     method: str = ""  # picks the colour and marker
     variant: int = 0  # picks the line style among one method's variants
-    kind: str = ""  # training curves: "train_ce" or "val_accuracy"
+    kind: str = ""  # training curves: "train_ce" or "val_accuracy"; own-criterion fronts: "lambda curve"
     extra: tuple[float, float] | None = None  # per-exit figure: the soft output (accuracy %, std)
     stack: np.ndarray | None = None  # routing figure: [exits, epochs] mean routing mass
 
@@ -258,11 +258,14 @@ def own_criterion_figure(panels: list[Panel]) -> Figure:
         for budget in BUDGETS:
             axis.axvline(budget, color="grey", linewidth=0.8, linestyle=":", alpha=0.8)
         axis.axvline(1.0, color="black", linewidth=0.8, alpha=0.5)
-        counts = {method: 1 + max(s.variant for s in panel.series if s.method == method) for method in {s.method for s in panel.series}}
+        counts = {method: 1 + max(s.variant for s in panel.series if s.method == method and s.kind != "lambda curve")
+                  for method in {s.method for s in panel.series if s.kind != "lambda curve"}}
         for series in panel.series:
-            tint = spread_colour(series.method, series.variant, counts[series.method])
-            line, = axis.plot(series.x, series.y, drawstyle="steps-post", color=tint, linestyle=LINE_STYLES[series.variant % 4],
-                              marker=marker(series.method), markersize=3, linewidth=1.8, label=literal(series.label))
+            swept = series.kind == "lambda curve"  # dark and dashed: the line the lambda runs make together
+            tint = tuple(0.55 * c for c in colour(series.method)) if swept else spread_colour(series.method, series.variant, counts[series.method])
+            line, = axis.plot(series.x, series.y, drawstyle="steps-post", color=tint,
+                              linestyle="--" if swept else LINE_STYLES[series.variant % 4], marker=marker(series.method),
+                              markersize=3, linewidth=2.2 if swept else 1.8, label=literal(series.label))
             handles.append(line)
             if series.std is not None and np.isfinite(series.std).any():
                 axis.fill_between(series.x, series.y - series.std, series.y + series.std, step="post", color=tint, alpha=0.12)
@@ -455,9 +458,8 @@ def own_criterion_panels(collection: Collection) -> list[Panel]:
                     fronts.append((np.concatenate([c for c, _ in points]), np.concatenate([a for _, a in points])))
             if fronts:
                 cost, mean, std = mean_front(fronts)
-                variant = 1 + max((s.variant for s in panel.series if s.method == method), default=-1)
                 panel.series.append(Series(f"{method}, λ and {criterion} threshold swept (λ = {swept_label(family)}; n={len(fronts)})",
-                                           cost, mean, std, method=method, variant=variant))
+                                           cost, mean, std, method=method, kind="lambda curve"))
         if panel.series:
             panels.append(panel)
     return panels
