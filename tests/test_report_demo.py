@@ -11,6 +11,7 @@ import pytest
 from repro import rundir
 from repro.demo import DemoConfig, run_demo
 from repro.report.collect import collect
+from repro.report.figures import FIGURES
 from repro.report.references import load_references
 from repro.report.tables import table1, table2
 from test_report import PNG_SIGNATURE
@@ -34,6 +35,7 @@ def test_small_demo_reports_what_the_runs_hold(tmp_path):
         (t2,) = [t for t in table2(collect([tmp_path / "runs"]), load_references()) if t.caption == "VGG-13 · synthetic"]
         assert t2.cell(method, "Latency (ms)").text.startswith(f"{timing['batch1']['early_exit']['mean_ms']:.3f}")
     assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in result.report.figures)
-    assert len(result.report.figures) == 5  # routing too: proposed mixes a soft output
+    # Every figure: the routing one too (proposed mixes a soft output), and each method on its own criterion.
+    assert sorted(path.name for path in result.report.figures) == sorted(FIGURES)
     html = result.report.html.read_text()
     assert "Table 1: test accuracy without early exit" in html and "Table 2: early exit at the operating point" in html
