@@ -34,8 +34,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from repro.report.collect import METHOD_ORDER, Collection, Group, stack
-from repro.report.tables import (BUDGETS, exit_accuracy, own_criterion, runs_by_seed, sections, swept_families, swept_label,
-                                 swept_value)
+from repro.report.tables import (BUDGETS, default_lambda, exit_accuracy, own_criterion, runs_by_seed, sections,
+                                 swept_families, swept_label, swept_value)
 
 # Colours and markers by method, stable across figures; variants of one method share them and differ in line style.
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
@@ -428,8 +428,6 @@ def own_criterion_panels(collection: Collection) -> list[Panel]:
     top probability, proposed: its gate), the mean test front over seeds. A lambda curve (groups differing in
     cost_weight alone) is one more line: per seed, the test front of all its lambda runs' points together;
     its groups other than the method's default lambda are drawn as their operating points, not as lines."""
-    from repro.methods import method_defaults
-
     panels = []
     for caption, groups in sections(collection):
         panel, variants = Panel(caption), _variant_index(groups)
@@ -439,7 +437,7 @@ def own_criterion_panels(collection: Collection) -> list[Panel]:
             criterion = own_criterion(group.method)
             if criterion is None:
                 continue
-            if id(group) in in_family and swept_value(group) != method_defaults(group.method).get("cost_weight"):
+            if id(group) in in_family and not default_lambda(group):
                 accuracy, speedup = group.stat("op_accuracy"), group.stat("op_macs_speedup")
                 if accuracy is not None and speedup is not None:
                     panel.marks.append((f"λ={swept_value(group):g}", 1.0 / speedup.mean, accuracy.mean * 100, group.method))

@@ -577,6 +577,13 @@ def swept_value(group: Group):
     return value
 
 
+def default_lambda(group: Group) -> bool:
+    """Does the group train at its method's default lambda (the one a lambda curve's lines stand for)?"""
+    from repro.methods import list_methods, method_defaults
+
+    return group.method in list_methods() and swept_value(group) == method_defaults(group.method).get(SWEPT_OPTION)
+
+
 def swept_families(groups: list[Group]) -> list[list[Group]]:
     """Groups of one method that differ in `SWEPT_OPTION` alone (the lambda curve): two or more lambdas,
     sorted by lambda. Methods without a lambda never form one."""
@@ -665,16 +672,13 @@ def criteria_table(collection: Collection) -> list[Table]:
     """Every trained network under every exit criterion its sweep has (entropy, top probability, its gates),
     at the equal-cost budgets, chosen on validation and read on test: separates what a method's training
     gives from what its exit criterion gives. A lambda curve shows its default lambda only."""
-    from repro.methods import list_methods, method_defaults
-
     tables = []
     for caption, groups in sections(collection):
         groups = [g for g in groups if _has_exits(g) and any(run.sweep is not None for run in g.runs)]
         in_family = {id(g) for family in swept_families(groups) for g in family}
         rows = []
         for group in groups:
-            if id(group) in in_family and group.method in list_methods() and \
-                    swept_value(group) != method_defaults(group.method).get(SWEPT_OPTION):
+            if id(group) in in_family and not default_lambda(group):
                 continue
             criteria = sorted({str(c) for run in group.runs if run.sweep is not None for c in run.sweep["criterion"].unique()})
             own = own_criterion(group.method)
