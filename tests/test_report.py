@@ -693,6 +693,10 @@ def test_own_criterion_figure_draws_a_lambda_curve_as_one_front(tmp_path):
     ((text, cost, accuracy, method),) = panel.marks
     assert (text, method) == ("λ=1", "proposed") and cost == pytest.approx(0.625) and accuracy == pytest.approx(75.0)
     assert png_bytes(own_criterion_figure([panel])).startswith(PNG_SIGNATURE)
+    # Two datasets: one panel a row, each as wide as a single panel (long legends beside two narrow panels
+    # pushed their axis labels off the figure).
+    axes = [axis for axis in own_criterion_figure([panel, panel]).axes if axis.get_visible()]
+    assert len(axes) == 2 and axes[0].get_position().x0 == pytest.approx(axes[1].get_position().x0)
 
 
 def test_best_at_budget_affords_on_validation_cost_and_breaks_ties_by_cost():

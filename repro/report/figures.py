@@ -252,7 +252,9 @@ def accuracy_cost_figure(panels: list[Panel]) -> Figure:
 def own_criterion_figure(panels: list[Panel]) -> Figure:
     """One front per method on its own exit criterion, the budgets of the equal-cost table marked; a lambda
     curve's operating points labelled with their lambda."""
-    figure, axes = _grid(len(panels))
+    # One panel a row: its legend names every lambda and variant, and two such panels side by side leave the
+    # axes too narrow for their own labels.
+    figure, axes = _grid(len(panels), columns=1)
     for axis, panel in zip(axes, panels):
         handles = []
         for budget in BUDGETS:
@@ -269,10 +271,12 @@ def own_criterion_figure(panels: list[Panel]) -> Figure:
             handles.append(line)
             if series.std is not None and np.isfinite(series.std).any():
                 axis.fill_between(series.x, series.y - series.std, series.y + series.std, step="post", color=tint, alpha=0.12)
-        for text, cost, accuracy, method in panel.marks:
+        for index, (text, cost, accuracy, method) in enumerate(sorted(panel.marks, key=lambda mark: mark[1:3])):
             axis.plot(cost, accuracy, marker=marker(method), markersize=7, color=colour(method), markeredgecolor="black",
                       linestyle="none")
-            axis.annotate(literal(text), (cost, accuracy), textcoords="offset points", xytext=(5, -10), fontsize=7)
+            # Labels alternate below and above their points: the large lambdas all sit at exit 1's cost.
+            axis.annotate(literal(text), (cost, accuracy), textcoords="offset points", xytext=(5, -10 if index % 2 == 0 else 4),
+                          fontsize=7)
         if panel.marks:
             handles.append(Line2D([], [], marker=marker(panel.marks[0][3]), markersize=6, color=colour(panel.marks[0][3]),
                                   markeredgecolor="black", linestyle="none", label="one λ run at its Table 2 operating point"))
