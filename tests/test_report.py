@@ -699,6 +699,26 @@ def test_own_criterion_figure_draws_a_lambda_curve_as_one_front(tmp_path):
     assert len(axes) == 2 and axes[0].get_position().x0 == pytest.approx(axes[1].get_position().x0)
 
 
+def test_exit_accuracy_legend_follows_drawing_order_and_tells_widths_apart():
+    """Legend entries in the order drawn (matplotlib's own order puts plain lines before error-bar lines, which
+    split a method's widths apart), and two networks without exits (two widths) get different dash patterns."""
+    import numpy as np
+
+    from repro.report.figures import Panel, Series, exit_accuracy_figure
+
+    x = np.arange(1, 4)
+    panel = Panel("VGG-13", [Series("bnet [width=0.5] (n=2)", x, np.array([60.0, 65, 70]), np.array([1.0, 1, 1]), "bnet", 0),
+                             Series("bnet [width=1] (n=1)", x, np.array([62.0, 70, 75]), None, "bnet", 1)],
+                  reference_lines=[("baseline [width=0.5] (n=1), no early exits", 72.0, "baseline", 0),
+                                   ("baseline [width=1] (n=1), no early exits", 74.0, "baseline", 1)])
+    (axis,) = exit_accuracy_figure([panel]).axes
+    assert [text.get_text() for text in axis.get_legend().get_texts()] == [
+        "bnet [width=0.5] (n=2)", "bnet [width=1] (n=1)", "baseline [width=0.5] (n=1), no early exits",
+        "baseline [width=1] (n=1), no early exits"]
+    levels = [line for line in axis.get_lines() if line.get_label().endswith("no early exits")]
+    assert len(levels) == 2 and levels[0].get_linestyle() != levels[1].get_linestyle()
+
+
 def test_best_at_budget_affords_on_validation_cost_and_breaks_ties_by_cost():
     """The budget is checked on the validation cost (a point cheap on validation but not on test is still
     chosen), equal validation accuracy goes to the cheaper point, and a NaN point is never chosen."""

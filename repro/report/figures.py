@@ -41,6 +41,7 @@ from repro.report.tables import (BUDGETS, default_lambda, exit_accuracy, own_cri
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
 METHOD_MARKERS = {"baseline": "s", "bnet": "o", "proposed": "^", "report-proposed": "D", "report-maxprob": "v"}
 LINE_STYLES = ("-", "--", ":", "-.")
+LEVEL_STYLES = ("--", ":", "-.", (0, (6, 2, 1, 2, 1, 2)))  # levels (networks without exits) by variant
 CRITERION_STYLES = {"entropy": "-", "maxprob": "--", "gate": ":"}
 PANEL_SIZE = (5.6, 3.6)  # inches per panel
 SINGLE_PANEL_WIDTH = 9.0  # inches
@@ -73,7 +74,7 @@ class CostSeries(Series):
 class Panel:
     title: str
     series: list[Series] = field(default_factory=list)
-    reference_lines: list[tuple[str, float, str]] = field(default_factory=list)  # (label, accuracy %, method)
+    reference_lines: list[tuple[str, float, str, int]] = field(default_factory=list)  # (label, accuracy %, method, variant)
     marks: list[tuple[str, float, float, str]] = field(default_factory=list)  # (text, relative cost, accuracy %, method)
 
 
@@ -201,26 +202,30 @@ def exit_accuracy_figure(panels: list[Panel]) -> Figure:
         values = []
         widest = max((len(s.x) for s in panel.series), default=1)
         soft = any(series.extra is not None for series in panel.series)
+        handles = []  # in drawing order: matplotlib would list plain lines before error-bar lines
         for series in panel.series:
             kwargs = dict(color=colour(series.method), linestyle=LINE_STYLES[series.variant % 4], marker=marker(series.method),
                           label=literal(series.label))
             if series.std is not None and np.isfinite(series.std).any():
-                axis.errorbar(series.x, series.y, yerr=np.nan_to_num(series.std), capsize=3, **kwargs)
+                handles.append(axis.errorbar(series.x, series.y, yerr=np.nan_to_num(series.std), capsize=3, **kwargs))
             else:
-                axis.plot(series.x, series.y, **kwargs)
+                handles += axis.plot(series.x, series.y, **kwargs)
             values += list(series.y)
             if series.extra is not None:  # the soft output, one step right of the final exit
                 accuracy, std = series.extra
-                axis.errorbar([widest + 1], [accuracy], yerr=[0 if not np.isfinite(std) else std], color=colour(series.method),
-                              marker="*", markersize=12, capsize=3, linestyle="none", label=literal(f"{series.label}: soft output"))
+                handles.append(axis.errorbar([widest + 1], [accuracy], yerr=[0 if not np.isfinite(std) else std],
+                                             color=colour(series.method), marker="*", markersize=12, capsize=3,
+                                             linestyle="none", label=literal(f"{series.label}: soft output")))
                 values.append(accuracy)
-        for label, value, method in panel.reference_lines:
-            axis.axhline(value, color=colour(method), linestyle="--", linewidth=1.2, label=literal(label))
+        for label, value, method, variant in panel.reference_lines:
+            # Two plain networks (two widths) on one panel: told apart by the dash pattern.
+            handles.append(axis.axhline(value, color=colour(method), linestyle=LEVEL_STYLES[variant % len(LEVEL_STYLES)],
+                                        linewidth=1.2, label=literal(label)))
             values.append(value)
         _exit_ticks(axis, widest, "soft\noutput" if soft else None)
         _margin_limits(axis, values)
         _style(axis, panel.title, "exit (shallow → final)", "test accuracy (%)")
-        _legend(axis, outside=len(panel.series) + len(panel.reference_lines) > 4)
+        _legend(axis, outside=len(panel.series) + len(panel.reference_lines) > 4, handles=handles)
     return figure
 
 
@@ -368,7 +373,7 @@ def exit_accuracy_panels(collection: Collection) -> list[Panel]:
             label = f"{group.named_label} (n={n})"
             if len(mean) == 1:
                 # A network without early exits has one point: draw it as a level across the exits.
-                panel.reference_lines.append((f"{label}, no early exits", float(mean[0]), group.method))
+                panel.reference_lines.append((f"{label}, no early exits", float(mean[0]), group.method, variants[id(group)]))
                 continue
             series = Series(label, np.arange(1, len(mean) + 1), mean, std, group.method, variants[id(group)])
             soft = group.stat("method_accuracy")
