@@ -547,8 +547,8 @@ def routing_panels(collection: Collection) -> list[Panel]:
 FIGURES = {
     # file name: (title, caption, panels from a collection, drawing)
     "exit-accuracy.png": ("Per-exit test accuracy", "Test accuracy of every exit (mean over seeds, bars: ± std), and the soft "
-                          "output of soft-output methods (star) right of the final exit; networks without early exits as dashed "
-                          "levels. The reproduction report's Figure 3, for every exit.",
+                          "output of soft-output methods (star) right of the final exit; networks without early exits as "
+                          "levels (dashed, dotted for a second setting such as another width). The reproduction report's Figure 3, for every exit.",
                           exit_accuracy_panels, exit_accuracy_figure),
     "accuracy-cost.png": ("Accuracy against cost", "Threshold sweeps on the test split: one colour and marker per method, one "
                           "line style per exit criterion (solid entropy, dashed top probability, dotted learned gate). Faint "
