@@ -717,6 +717,9 @@ def test_exit_accuracy_legend_follows_drawing_order_and_tells_widths_apart():
         "baseline [width=1] (n=1), no early exits"]
     levels = [line for line in axis.get_lines() if line.get_label().endswith("no early exits")]
     assert len(levels) == 2 and levels[0].get_linestyle() != levels[1].get_linestyle()
+    # Two datasets: one panel a row (side by side, the legends squeezed the exit labels into each other).
+    axes = [axis for axis in exit_accuracy_figure([panel, panel]).axes if axis.get_visible()]
+    assert len(axes) == 2 and axes[0].get_position().x0 == pytest.approx(axes[1].get_position().x0)
 
 
 def test_best_at_budget_affords_on_validation_cost_and_breaks_ties_by_cost():

@@ -197,7 +197,7 @@ def mean_front(fronts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
 
 
 def exit_accuracy_figure(panels: list[Panel]) -> Figure:
-    figure, axes = _grid(len(panels))
+    figure, axes = _grid(len(panels), columns=1)  # one panel a row: the legend beside it needs the width
     for axis, panel in zip(axes, panels):
         values = []
         widest = max((len(s.x) for s in panel.series), default=1)
@@ -230,7 +230,7 @@ def exit_accuracy_figure(panels: list[Panel]) -> Figure:
 
 
 def accuracy_cost_figure(panels: list[Panel]) -> Figure:
-    figure, axes = _grid(len(panels))
+    figure, axes = _grid(len(panels), columns=1)
     for axis, panel in zip(axes, panels):
         handles = []
         for series in panel.series:
