@@ -176,11 +176,23 @@ def test_a_call_runs_in_one_layout_chosen_by_its_size(name):
     assert set(seen["first"]) == {False}
 
 
+# How far a float32 score may move when the batch it is computed in shrinks. The exit heads and classifiers
+# are matrix products (MKL's sgemm), and sgemm rounds a row differently with the number of rows in the call
+# and the threads it splits them over (on this CPU: every row count below 16 at one thread, below ~30 at
+# two); the batched path computes a later exit's head on the samples still in, so its logits differ from
+# the reference's full-batch ones by a few float32 ulps (measured: 4e-8), and a score exactly on its
+# threshold can fall on either side. 1e-5 is two orders of magnitude above that rounding and far below any
+# gap between two images' scores that a threshold could be meant to separate.
+FLOAT32_SCORE_ROUNDING = 1e-5
+
+
 @pytest.mark.parametrize("name", list_models())
-def test_float32_calls_agree_bit_for_bit_even_with_thresholds_on_a_score(name):
+def test_float32_calls_agree_with_the_reference_except_within_rounding_of_a_threshold(name):
     """In float32, with each threshold exactly on one sample's score (a calibrated quantile can be), the
-    batched path, whole or chunked, still takes the reference's exits: the same layout gives the same
-    numbers. Large enough for channels-last."""
+    batched path, whole or chunked, takes the reference's exit for every sample whose score is not within
+    float32 rounding of the threshold where the two decisions part (see FLOAT32_SCORE_ROUNDING for why
+    bit-for-bit agreement is not a claim any install can keep), and the same prediction wherever the exits
+    agree. Large enough for channels-last."""
     torch.manual_seed(0)
     model = create_model(name, 5, 3, 32, width=WIDTH).eval()
     x = images((3, 32), n=CHANNELS_LAST_MIN_BATCH + 16).float()
@@ -189,10 +201,15 @@ def test_float32_calls_agree_bit_for_bit_even_with_thresholds_on_a_score(name):
         score = criteria.scores(criterion, torch.stack(out.logits), torch.stack(out.gates)).double()
         thresholds = score.median(dim=1).values.tolist()  # a sample's own score at every early exit
         reference = run_all_then_select(model, x, criterion, thresholds)
+        assert len(set(reference.exits.tolist())) >= 2
         for result in (early_exit_batched(model, x, criterion, thresholds),
                        early_exit_batched(model, x, criterion, thresholds, batch_size=16)):
-            assert torch.equal(result.exits, reference.exits) and torch.equal(result.predictions, reference.predictions)
-        assert len(set(reference.exits.tolist())) >= 2
+            same = result.exits == reference.exits
+            assert torch.equal(result.predictions[same], reference.predictions[same])
+            for i in (~same).nonzero().flatten().tolist():
+                parted = min(result.exits[i].item(), reference.exits[i].item())  # the exit where one fired
+                assert abs(score[parted, i].item() - thresholds[parted]) <= FLOAT32_SCORE_ROUNDING, (criterion, i)
+            assert same.double().mean() >= 0.95  # only the few samples on a threshold can part
 
 
 @pytest.mark.parametrize("name", list_models())
