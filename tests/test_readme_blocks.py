@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from repro.errors import ReproError
-from repro.report.readme_blocks import find_blocks, fill, group_body, main, section_body, stale_blocks
+from repro.report.readme_blocks import find_blocks, fill, group_body, main, project_root, section_body, stale_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,3 +168,22 @@ def test_a_readme_that_is_not_utf8_is_one_line(tmp_path, capsys):
     readme.write_bytes(b"\xff\xfe not text")
     assert main([str(readme), "--check"]) == 1
     assert capsys.readouterr().err == f"{readme}: not UTF-8 text\n"
+
+
+def test_a_page_in_a_subfolder_copies_from_the_project_with_links_valid_from_its_folder(tmp_path):
+    """docs/*.md name their reports as ../results/...: the project root (pyproject.toml) bounds them, and the
+    copied links are rewritten relative to docs/."""
+    write_project(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    page.write_text("# Results\n\n<!-- from ../results/report/report.md: Table 1 -->\n<!-- end -->\n")
+    assert project_root(page) == tmp_path.resolve()
+    assert main([str(page)]) == 0
+    text = page.read_text()
+    assert "![curve](../results/report/figures/curve.png \"a title\")" in text
+    assert "[the runs](../results/report/report.md#runs)" in text and "[up](../results/other/x.md)" in text
+    assert stale_blocks(text, tmp_path, page.parent) == [] and main([str(page), "--check"]) == 0
+    outside = tmp_path / "docs" / "outside.md"
+    outside.write_text("<!-- from ../../elsewhere/report.md: Table 1 -->\n<!-- end -->\n")
+    assert main([str(page), str(outside), "--check"]) == 1  # one stale file fails the whole check

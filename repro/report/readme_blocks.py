@@ -17,8 +17,11 @@ test checks the repository's README, so a block that no longer matches its commi
 (prose beside a block is not checked: quote numbers in blocks). Re-render the report
 (repro.report.committed), then:
 
-    python -m repro.report.readme_blocks README.md            # rewrite the blocks
-    python -m repro.report.readme_blocks README.md --check    # exit 1, naming each stale block
+    python -m repro.report.readme_blocks README.md docs/*.md            # rewrite the blocks
+    python -m repro.report.readme_blocks README.md docs/*.md --check    # exit 1, naming each stale block
+
+A file in a subfolder (docs/) names its reports relative to itself (`../results/...`); they must lie in
+the project (the nearest folder above holding pyproject.toml or .git).
 """
 
 from __future__ import annotations
@@ -131,11 +134,20 @@ def _read(path: Path, what: str) -> str:
         raise ReproError(f"{what}: cannot read it ({error.strerror or error})") from None
 
 
-def expected_body(block: Block, root: Path) -> str:
+def project_root(markdown: Path) -> Path:
+    """The folder a Markdown file's blocks may read reports from: the nearest folder at or above the file's
+    own that holds pyproject.toml or .git (so docs/*.md can copy from ../results/), else the file's folder."""
+    folder = markdown.resolve().parent
+    return next((f for f in (folder, *folder.parents) if (f / "pyproject.toml").exists() or (f / ".git").exists()), folder)
+
+
+def expected_body(block: Block, root: Path, folder: Path | None = None) -> str:
+    """The body `block` should hold: `block.source` is relative to `folder` (the Markdown file's own,
+    `root` by default) and must lie under `root`."""
     what = f"README block from {block.source}"
-    path = (root / block.source).resolve()
+    path = ((folder or root) / block.source).resolve()
     if not path.is_relative_to(root.resolve()):
-        raise ReproError(f"{what}: the report must lie under {root} (a path relative to the README's folder)")
+        raise ReproError(f"{what}: the report must lie under {root} (a path relative to the Markdown file's folder)")
     heading, _, label = block.heading.partition(GROUP_SEPARATOR)
     try:
         body = section_body(_read(path, what), heading.strip())
@@ -147,38 +159,32 @@ def expected_body(block: Block, root: Path) -> str:
     return _rebase_links(body, Path(block.source).as_posix()) + "\n"
 
 
-def fill(text: str, root: Path) -> str:
+def fill(text: str, root: Path, folder: Path | None = None) -> str:
     """`text` with every block's body replaced by its committed section's body."""
     find_blocks(text)  # refuses unpaired markers before anything is replaced
 
     def replace(match: re.Match) -> str:
         block = Block(match["source"].strip(), match["heading"].strip(), match["body"])
-        return f"<!-- from {match['source']}: {match['heading']} -->\n{expected_body(block, root)}<!-- end -->"
+        return f"<!-- from {match['source']}: {match['heading']} -->\n{expected_body(block, root, folder)}<!-- end -->"
     return BLOCK.sub(replace, text)
 
 
-def stale_blocks(text: str, root: Path) -> list[str]:
+def stale_blocks(text: str, root: Path, folder: Path | None = None) -> list[str]:
     """One line per block whose body differs from its committed section."""
     return [f'{block.source}: "{block.heading}" differs from the committed report'
-            for block in find_blocks(text) if block.body != expected_body(block, root)]
+            for block in find_blocks(text) if block.body != expected_body(block, root, folder)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    check = "--check" in args
-    paths = [a for a in args if a != "--check"]
-    if len(paths) != 1:
-        print("usage: python -m repro.report.readme_blocks README.md [--check]", file=sys.stderr)
-        return 2
-    path = Path(paths[0])
+def _one_file(path: Path, check: bool) -> int:
+    root, folder = project_root(path), path.resolve().parent
     try:
         text = _read(path, str(path))
         if check:
-            stale = stale_blocks(text, path.parent)
+            stale = stale_blocks(text, root, folder)
             for line in stale:
                 print(f"{path}: {line}", file=sys.stderr)
             return 1 if stale else 0
-        updated = fill(text, path.parent)
+        updated = fill(text, root, folder)
         changed = sum(a.body != b.body for a, b in zip(find_blocks(text), find_blocks(updated)))
         if changed:
             atomic_write_text(path, updated)
@@ -190,6 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"updated {changed} block(s) in {path}" if changed else f"{path}: every block matches its committed report")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    check = "--check" in args
+    paths = [Path(a) for a in args if a != "--check"]
+    if not paths:
+        print("usage: python -m repro.report.readme_blocks FILE.md... [--check]", file=sys.stderr)
+        return 2
+    return max(_one_file(path, check) for path in paths)
 
 
 if __name__ == "__main__":
