@@ -78,3 +78,27 @@ def test_render_committed_reads_only_what_git_tracks(tmp_path):
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     with pytest.raises(ReproError, match="relative to the repository root"):
         render_committed(repo, str(study), tmp_path / "out")
+
+
+ROW_LABEL_MAX = 60  # a label a table row can carry without wrapping; the legend ("Row labels") has the options
+
+
+def _row_labels(markdown: str) -> list[str]:
+    """The first cell of every table body row, markdown escapes undone (the Runs table lists folders: not labels)."""
+    text = markdown.split("\n## Runs", 1)[0]
+    labels = []
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| :") and not line.startswith("| ---"):
+            labels.append(re.sub(r"\\(.)", r"\1", line[2:].split(" | ", 1)[0]))
+    return labels
+
+
+@pytest.mark.parametrize("report_md", REPORTS, ids=[str(p.relative_to(REPO).parent) for p in REPORTS])
+def test_committed_report_row_labels_are_short(report_md):
+    long = [label for label in _row_labels(report_md.read_text()) if len(label) > ROW_LABEL_MAX]
+    assert long == [], f"{report_md.relative_to(REPO)}: row labels over {ROW_LABEL_MAX} characters"
+
+
+def test_the_row_label_check_reads_table_cells_and_skips_the_runs_table():
+    markdown = ("| Method | n |\n| :--- | ---: |\n| proposed \\[x\\] | 1 |\n\n## Runs\n\n| " + "r" * 80 + " | 1 |\n")
+    assert _row_labels(markdown) == ["Method", "proposed [x]"]

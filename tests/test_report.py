@@ -16,6 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
+import markupsafe
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -226,40 +227,40 @@ def test_rows_of_one_table_that_differ_in_setup_are_named_by_it(tmp_path):
     write_run(runs, "bnet-half", half("bnet"), [0.5, 0.6, 0.7, 0.72])
     write_run(runs, "proposed-half", half("proposed"), [0.5, 0.6, 0.7, 0.71])
     labels = sorted(g.label for g in collect([runs]).groups)
-    assert labels == ["baseline [width=1]", "bnet", "proposed"]
+    assert labels == ["baseline · width 1", "bnet", "proposed"]
     shutil.rmtree(runs / "proposed-half")
     labels = sorted(g.label for g in collect([runs]).groups)
-    assert labels == ["baseline [width=1]", "bnet [width=0.5]"]
+    assert labels == ["baseline · width 1", "bnet · width 0.5"]
 
 
 def test_groups_average_only_seeds(report):
     groups = {(g.dataset.label, g.label): g for g in report["collection"].groups}
     assert sorted(groups) == sorted([
-        ("CIFAR-10", "baseline"), ("CIFAR-10", "bnet [lr=0.0005]"), ("CIFAR-10", "bnet [lr=0.001]"),
+        ("CIFAR-10", "baseline"), ("CIFAR-10", "bnet · lr 0.0005"), ("CIFAR-10", "bnet · lr 0.001"),
         ("CIFAR-10", "proposed"), ("CIFAR-10", "report-proposed"), ("CIFAR-10", "report-maxprob"),
         ("CIFAR-10 (JPEG copy)", "bnet"), ("CIFAR-100", "bnet"),
     ])
-    assert groups[("CIFAR-10", "bnet [lr=0.0005]")].seeds == [0, 1, 2]
-    assert groups[("CIFAR-10", "bnet [lr=0.001]")].n == 1
+    assert groups[("CIFAR-10", "bnet · lr 0.0005")].seeds == [0, 1, 2]
+    assert groups[("CIFAR-10", "bnet · lr 0.001")].n == 1
     assert groups[("CIFAR-10 (JPEG copy)", "bnet")].dataset.reference == "cifar10"
 
 
 def test_table1_mean_std_reference_and_difference(report):
     t1 = _table(table1(report["collection"], report["references"]), "VGG-13 · CIFAR-10")
     # Seeds 0.80, 0.82, 0.87: mean 83.00; deviations -3, -1, +4 points -> sample variance 26 / 2 = 13.
-    cell = t1.cell("bnet [lr=0.0005]", "Final exit (%)")
+    cell = t1.cell("bnet · lr 0.0005", "Final exit (%)")
     assert cell.value == pytest.approx(83.0)
     assert cell.text == f"83.00 ± {math.sqrt(13):.2f}" == "83.00 ± 3.61"
-    assert t1.cell("bnet [lr=0.0005]", "USI report (%)").text == "78.94"
-    assert t1.cell("bnet [lr=0.0005]", "Δ final exit vs USI report").text == "+4.06"
-    assert t1.cell("bnet [lr=0.001]", "Final exit (%)").text == "50.00"  # one run: no spread
-    assert t1.cell("bnet [lr=0.0005]", "Seeds (n)").text == "0, 1, 2 (3)"
+    assert t1.cell("bnet · lr 0.0005", "USI report (%)").text == "78.94"
+    assert t1.cell("bnet · lr 0.0005", "Δ final exit vs USI report").text == "+4.06"
+    assert t1.cell("bnet · lr 0.001", "Final exit (%)").text == "50.00"  # one run: no spread
+    assert t1.cell("bnet · lr 0.0005", "Seeds (n)").text == "0, 1, 2 (3)"
     # Baseline 0.76, 0.78: mean 77.00, sample std sqrt(2) = 1.41; Δ vs 77.40 = -0.40.
     assert t1.cell("baseline", "Final exit (%)").text == "77.00 ± 1.41"
     assert t1.cell("baseline", "Δ final exit vs USI report").text == "-0.40"
     # The gated method's own output differs from its final exit; the others' is the final exit.
     assert t1.cell("proposed", "Method output (%)").text == "79.00"
-    assert t1.cell("bnet [lr=0.0005]", "Method output (%)").text == "= final"
+    assert t1.cell("bnet · lr 0.0005", "Method output (%)").text == "= final"
     # `proposed` has no reference row, and says why.
     missing = t1.cell("proposed", "USI report (%)")
     assert missing.missing and not missing.commands and "did not implement" in missing.note
@@ -276,7 +277,7 @@ def test_jpeg_copy_is_labelled_and_compared_only_under_its_label(report):
 
 def test_table2_latency_speedups_and_the_recomputed_reference(report):
     t2 = _table(table2(report["collection"], report["references"]), "VGG-13 · CIFAR-10")
-    bnet = "bnet [lr=0.0005]"
+    bnet = "bnet · lr 0.0005"
     # Early-exit latencies 3, 4, 5 ms: mean 4.000, std 1.000; speed-ups 6/3, 6/4, 6/5 = 2, 1.5, 1.2.
     assert t2.cell(bnet, "Latency (ms)").text == "4.000 ± 1.000"
     speedups = [2.0, 1.5, 1.2]
@@ -302,9 +303,9 @@ def test_table2_latency_speedups_and_the_recomputed_reference(report):
 
 def test_table3_calibrated_points(report):
     t3 = _table(table3(report["collection"]), "VGG-13 · CIFAR-10")
-    assert [row[0].text for row in t3.rows] == ["bnet [lr=0.0005]", "bnet [lr=0.001]", "proposed", "report-proposed", "report-maxprob"]
-    assert t3.cell("bnet [lr=0.0005]", "Target").text == "max drop 1 points"
-    assert t3.cell("bnet [lr=0.0005]", "Test accuracy (%)").text == "82.00 ± 3.61"
+    assert [row[0].text for row in t3.rows] == ["bnet · lr 0.0005", "bnet · lr 0.001", "proposed", "report-proposed", "report-maxprob"]
+    assert t3.cell("bnet · lr 0.0005", "Target").text == "max drop 1 points"
+    assert t3.cell("bnet · lr 0.0005", "Test accuracy (%)").text == "82.00 ± 3.61"
 
 
 def test_mean_front_averages_seeds_along_cost():
@@ -600,7 +601,7 @@ def test_equal_cost_table_chooses_on_validation_and_reads_test(report):
     # The fixture's sweeps: thresholds 0..3 with costs 0.2, ~0.42 (the front), ~0.62, 1.1 of plain (all
     # splits alike): at 0.4 x plain only the first point (exit 1's accuracy, 50 %) is affordable, at 0.6
     # the second (final - 5 points), at 0.8 still the second (the third is cheaper than 0.8 but less accurate).
-    row = t.row("bnet [lr=0.0005]")
+    row = t.row("bnet · lr 0.0005")
     assert [cell.text for cell in row[3:]] == ["50.00 ± 0.00", "78.00 ± 3.61", "78.00 ± 3.61"]
 
 
@@ -673,7 +674,7 @@ def test_equal_cost_chooses_lambda_and_threshold_together(tmp_path):
         assert [cell.text for cell in row[3:]] == expected
         assert any("chosen together" in note for note in table.notes)
     # Each lambda keeps its own row, read from its own sweep alone (lambda 1 at seed 0).
-    assert [c.text for c in table.row("proposed [cost_weight=1]")[3:]] == ["60.00", "72.00", "75.00"]
+    assert [c.text for c in table.row("proposed · λ 1")[3:]] == ["60.00", "72.00", "75.00"]
 
 
 def test_own_criterion_figure_draws_a_lambda_curve_as_one_front(tmp_path):
@@ -685,7 +686,7 @@ def test_own_criterion_figure_draws_a_lambda_curve_as_one_front(tmp_path):
     write_lambda_runs(tmp_path)
     (panel,) = own_criterion_panels(collect([tmp_path]))
     labels = [series.label for series in panel.series]
-    assert labels == ["proposed [cost_weight=0.1], gate threshold (n=2)", "proposed, λ and gate threshold swept (λ = 0.1, 1; n=1)"]
+    assert labels == ["proposed · default, gate threshold (n=2)", "proposed, λ and gate threshold swept (λ = 0.1, 1; n=1)"]
     swept = panel.series[1]
     assert swept.x.tolist() == pytest.approx([0.2, 0.25, 0.5, 0.556, 0.667, 1.0])
     assert swept.y.tolist() == pytest.approx([52, 61, 68, 68, 74, 79])
@@ -774,7 +775,58 @@ def test_criteria_table_reads_one_network_under_every_criterion(tmp_path):
     other = sweep.assign(criterion="maxprob", accuracy=sweep["accuracy"] + 0.01)
     pd.concat([sweep, other]).to_csv(run / rundir.SWEEP, index=False)
     (table,) = criteria_table(collect([tmp_path]))
-    assert [(row[0].text, row[1].text) for row in table.rows] == [("bnet (its own criterion)", "entropy"), ("bnet", "maxprob")]
+    assert [(row[0].text, row[1].text) for row in table.rows] == [("bnet", "entropy (its own)"), ("bnet", "maxprob")]
     # The fixture's sweep: at 0.4 x plain only exit 1 (50 %) is affordable, at 0.6 and 0.8 the point 5 below the final exit.
     assert [cell.text for cell in table.rows[0][3:]] == ["50.00", "75.00", "75.00"]
     assert [cell.text for cell in table.rows[1][3:]] == ["51.00", "76.00", "76.00"]
+
+
+# ---------------------------------------------------------------------------------------------- row labels
+
+
+def test_rows_are_named_by_short_tags_and_the_legend_lists_their_options_once(tmp_path):
+    """A method's options at their defaults are not named, departures are named shortly (λ, gate-detach),
+    the paper's literal loss by that name; the full option list appears once, in the legend table."""
+    from repro.report.tables import labels_table
+
+    runs = tmp_path / "runs"
+    proposed = lambda **options: {**config("proposed", 0), "gate_detach": False, "gate_bias": 0.0, "final_weight": 0.0,
+                                  "joint_warmup": 0, "mix": "probs", "label_smoothing": 0.0, **options}
+    write_run(runs, "default", proposed(), [0.5, 0.6, 0.7, 0.71])
+    write_run(runs, "lambda1", proposed(cost_weight=1.0), [0.5, 0.6, 0.7, 0.71])
+    write_run(runs, "detach", proposed(gate_detach=True), [0.5, 0.6, 0.7, 0.71])
+    write_run(runs, "literal", proposed(joint_weight=0.0), [0.5, 0.1, 0.1, 0.1])
+    collection = collect([runs])
+    labels = sorted(g.label for g in collection.groups)
+    assert labels == ["proposed · default", "proposed · gate-detach", "proposed · the paper's literal loss", "proposed · λ 1"]
+    assert [g.named_label for g in collection.groups if g.literal] == ["proposed · the paper's literal loss"]
+    (legend,) = labels_table(collection)
+    rows = {row[0].text: (row[1].text, row[2].text) for row in legend.rows}
+    assert rows["proposed · λ 1"] == ("cost_weight=1, gate_detach=false, joint_weight=1", "lambda1")
+    assert rows["proposed · the paper's literal loss"] == ("cost_weight=0.1, gate_detach=false, joint_weight=0", "literal")
+    md = build_report([runs], tmp_path / "out").markdown.read_text()
+    assert "## Row labels" in md and md.count(markdown_escape("cost_weight=1, gate_detach=false, joint_weight=1")) == 1
+
+
+def test_a_table_alone_of_its_kind_has_no_legend(tmp_path):
+    from repro.report.tables import labels_table
+
+    write_run(tmp_path, "bnet-s0", config("bnet", 0), [0.5, 0.6, 0.7, 0.80])
+    assert labels_table(collect([tmp_path])) == []
+    assert "## Row labels" not in build_report([tmp_path], tmp_path / "out").markdown.read_text()
+
+
+def test_the_usi_tables_that_contradict_each_other_are_named_with_both_numbers(report):
+    """The USI report's Table 2 gives its Baseline 78.94 % (Table 1: 77.40 %, and 78.94 % is B-Net's Table 1
+    figure) and its Proposed 78.94 % (Table 1: 77.43 %); Prop+DifferentCriterion's early exit losing accuracy
+    against its Table 1 is no contradiction."""
+    from repro.report.tables import accuracy_discrepancies
+
+    lines = accuracy_discrepancies(report["references"])
+    assert len(lines) == 2
+    assert lines[0].startswith("USI report, Table 2, Baseline: accuracy 78.94 %, but its Table 1 gives 77.40 %")
+    assert "(78.94 % is B-Net's Table 1 figure)" in lines[0] and "Proposed: accuracy 78.94 %" in lines[1]
+    assert accuracy_discrepancies(report["references"], "vgg13", "cifar100") == []
+    table2_md = report["md"][report["md"].index("## Table 2"):report["md"].index("### Where test images leave")]
+    assert all(line in table2_md for line in lines) and "Table 1 / Table 2 discrepancy." in report["md"]
+    assert all(str(markupsafe.escape(line)) in report["html"] for line in lines)  # as Jinja escapes it

@@ -26,7 +26,7 @@ import pandas as pd
 
 from repro import artifacts, rundir
 from repro.errors import ReproError, error_reason
-from repro.methods import is_literal_loss
+from repro.methods import LITERAL_LOSS, is_literal_loss
 
 # Config keys that name or place a run rather than define the experiment; with `seed` they are ignored when grouping.
 NOT_GROUPED = ("seed", "run_dir", "name", "device")
@@ -313,9 +313,11 @@ class Group:
     def model_label(self) -> str:
         return MODEL_LABELS.get(self.model, self.model)
 
+    tag: str = ""  # the short name of `variant` that rows show (`short_tag`); the legend table lists `variant`
+
     @property
     def label(self) -> str:
-        return f"{self.method} [{self.variant}]" if self.variant else self.method
+        return f"{self.method} · {self.tag}" if self.tag else self.method
 
     @property
     def literal(self) -> bool:
@@ -325,8 +327,8 @@ class Group:
 
     @property
     def named_label(self) -> str:
-        """The label with the paper's literal loss named as such: what figures show."""
-        return self.label + (" (the paper's literal loss)" if self.literal else "")
+        """The label with the paper's literal loss named as such (a literal run's tag already says so)."""
+        return self.label if self.literal and self.tag else self.label + (" (the paper's literal loss)" if self.literal else "")
 
     @property
     def display_label(self) -> str:
@@ -417,7 +419,56 @@ def _variants(groups: list[Group]) -> None:
                 if value != majority and key not in named[id(group)]:
                     named[id(group)].append(key)
     for group in groups:
-        group.variant = ", ".join(f"{k}={_format_value(group.config.get(k))}" for k in sorted(named[id(group)]))
+        keys = sorted(named[id(group)])
+        group.variant = ", ".join(f"{k}={_format_value(group.config.get(k))}" for k in keys)
+        group.tag = short_tag(group, keys) if keys else ""
+
+
+# How a row names an option in which it differs: short words a reader knows from the paper and the CLI;
+# every other option is its CLI name and value. The legend table lists the full key=value list once.
+_TAG_NAMES = {"cost_weight": "λ", "joint_warmup": "warm-up", "final_weight": "final CE ×", "joint_weight": "joint CE ×"}
+
+
+def _tag(key: str, value) -> str:
+    if key == "joint_weight" and value in (0, 0.0):
+        return "no joint CE"
+    if isinstance(value, bool):
+        return key.replace("_", "-") if value else "no " + key.replace("_", "-")
+    if isinstance(value, list):
+        return f"{key.replace('_', '-')} {','.join(_format_value(v) for v in value)}"
+    name = _TAG_NAMES.get(key, key.replace("_", "-"))
+    return f"{name}{'' if name.endswith('×') else ' '}{_format_value(value)}"
+
+
+def _method_defaults(config: dict) -> dict:
+    """The options `repro train` would give this run's model, method, dataset and recipe by default."""
+    from repro.config import RECIPES, TrainConfig
+
+    try:
+        if config.get("recipe", "report") not in RECIPES:
+            return {}
+        return TrainConfig.from_recipe(config.get("recipe", "report"), model=config.get("model"), method=config.get("method"),
+                                       dataset=config.get("dataset")).to_dict()
+    except (ReproError, TypeError, ValueError):
+        return {}
+
+
+def short_tag(group: Group, keys: list[str]) -> str:
+    """A row's short name for the options in which it differs (`keys`): the setup keys with their values
+    (`width 0.5`, `lr 0.001`), the method's own options only where they depart from its defaults
+    (`λ 0.01`, `gate-detach`, `no joint CE`), the paper's literal loss by that name, and `default` where
+    nothing departs (the method as `repro train` trains it, beside rows that change it)."""
+    config, defaults = group.config, _method_defaults(group.config)
+    literal = group.literal
+    tags = ["the paper's literal loss"] if literal else []
+    for key in keys:
+        value = config.get(key)
+        if key not in SETUP_KEYS and key in defaults and defaults[key] == value:
+            continue
+        if literal and key in LITERAL_LOSS:
+            continue
+        tags.append(_tag(key, value))
+    return ", ".join(tags) or "default"
 
 
 def recipe_overrides(config: dict) -> list[str]:

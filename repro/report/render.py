@@ -26,7 +26,7 @@ from repro.errors import ReproError
 from repro.report.collect import Collection, Missing
 from repro.report.figures import FIGURES
 from repro.report.references import References
-from repro.report.tables import (Cell, criteria_table, equal_cost_table, routing_table, speedup_discrepancies, table1, table2, table2_exits,
+from repro.report.tables import (Cell, accuracy_discrepancies, criteria_table, equal_cost_table, labels_table, routing_table, speedup_discrepancies, table1, table2, table2_exits,
                                  table3)
 
 MARKDOWN = "report.md"
@@ -134,6 +134,7 @@ def context(collection: Collection, references: References, inputs, figures: dic
         "groups": collection.groups,
         "references": references,
         "discrepancies": speedup_discrepancies(references),
+        "accuracy_discrepancies": accuracy_discrepancies(references),
         "table1": table1(collection, references),
         "table2": table2(collection, references),
         "table2_exits": table2_exits(collection),
@@ -141,6 +142,7 @@ def context(collection: Collection, references: References, inputs, figures: dic
         "equal_cost": equal_cost_table(collection),
         "equal_cost_val": equal_cost_table(collection, "val"),
         "criteria": criteria_table(collection),
+        "labels": labels_table(collection),
         "routing": routing_table(collection),
         "figures": [shown(name, data) for name, data in figures.items() if name not in SECTION_FIGURES],
         "gates_figure": shown(GATES_FIGURE, figures[GATES_FIGURE]) if GATES_FIGURE in figures else None,

@@ -24,7 +24,7 @@ import numpy as np
 
 from repro import rundir
 from repro.report.collect import Collection, Group, Stat, run_values, stack
-from repro.report.references import References, ReferenceSource, SPEEDUP_TOLERANCE
+from repro.report.references import BASELINE_METHOD, References, ReferenceSource, SPEEDUP_TOLERANCE
 
 DASH = "—"
 
@@ -302,6 +302,8 @@ def table2(collection: Collection, references: References) -> list[Table]:
             row.append(macs)
             rows.append(row)
         notes = _section_notes(groups, references) + _timing_notes(groups) + _speedup_notes(groups)
+        refs = {(g.model, g.dataset.reference) for g in groups if g.dataset.reference is not None}
+        notes += [line for model, dataset in sorted(refs) for line in accuracy_discrepancies(references, model, dataset)]
         tables.append(Table(caption, columns, rows, notes, _labels(references)))
     return tables
 
@@ -391,6 +393,37 @@ def speedup_discrepancies(references: References) -> list[str]:
                 f"{source.label}, {number.table}, {row}: printed speed-up {reference_text(number.value)} %, but its own "
                 f"latencies give {reference_text(base.value)} / {reference_text(this.value)} − 1 = {value:.2f} %. "
                 f"Both are shown; the printed one is kept as published."
+            )
+    return lines
+
+
+ACCURACY_TOLERANCE = 0.005  # percent: two printed accuracies (two decimals) that are the same number
+
+
+def accuracy_discrepancies(references: References, model: str | None = None, dataset: str | None = None) -> list[str]:
+    """Every Table 2 accuracy of a source that contradicts its own Table 1, as one sentence each: a network
+    without exits that has two accuracies, or an early-exit accuracy that is another row's Table 1 figure
+    (a number copied across). `model` and `dataset` (reference names) keep one section's."""
+    lines = []
+    for source in references.sources:
+        for number in source.numbers:
+            if number.quantity != "accuracy" or model not in (None, number.model) or dataset not in (None, number.dataset):
+                continue
+            table1_number = source.get("test_accuracy", number.model, number.dataset, number.method)
+            if table1_number is None or abs(table1_number.value - number.value) <= ACCURACY_TOLERANCE:
+                continue
+            same = [source.rows.get(other.method, other.method) for other in source.numbers
+                    if other.quantity == "test_accuracy" and (other.model, other.dataset) == (number.model, number.dataset)
+                    and other.method != number.method and abs(other.value - number.value) <= ACCURACY_TOLERANCE]
+            if number.method != BASELINE_METHOD and not same:
+                continue  # early exit may change accuracy; only a copied figure is a contradiction
+            row = source.rows.get(number.method, number.method)
+            what = "the same network without exits" if number.method == BASELINE_METHOD else "the same network without early exit"
+            lines.append(
+                f"{source.label}, {number.table}, {row}: accuracy {reference_text(number.value)} %, but its Table 1 gives "
+                f"{reference_text(table1_number.value)} % for {what}"
+                + (f" ({reference_text(number.value)} % is {' and '.join(same)}'s Table 1 figure)" if same else "")
+                + f". Both are shown; each Δ is against its own table's number."
             )
     return lines
 
@@ -668,6 +701,19 @@ def equal_cost_table(collection: Collection, split: str = "test") -> list[Table]
     return tables
 
 
+def labels_table(collection: Collection) -> list[Table]:
+    """The legend of the row labels: each row named `method · tag` (it differs from its method's defaults,
+    or from the rest of its table) with the full list of the options in which it differs, once, instead of
+    inline in every row of every table."""
+    tables = []
+    for caption, groups in sections(collection):
+        rows = [[text_cell(group.label), text_cell(group.variant), text_cell(", ".join(run.name for run in group.members))]
+                for group in groups if group.variant]
+        if rows:
+            tables.append(Table(caption, ["Label", "Options in which it differs", "Runs"], rows))
+    return tables
+
+
 def criteria_table(collection: Collection) -> list[Table]:
     """Every trained network under every exit criterion its sweep has (entropy, top probability, its gates),
     at the equal-cost budgets, chosen on validation and read on test: separates what a method's training
@@ -683,8 +729,10 @@ def criteria_table(collection: Collection) -> list[Table]:
             criteria = sorted({str(c) for run in group.runs if run.sweep is not None for c in run.sweep["criterion"].unique()})
             own = own_criterion(group.method)
             for criterion in sorted(criteria, key=lambda c: (c != own, c)):
-                label = group.display_label + (" (its own criterion)" if criterion == own else "")
-                rows.append(_budget_row(group, criterion, "test", label))
+                row = _budget_row(group, criterion, "test")
+                if criterion == own:  # in the criterion's column, so the label stays short
+                    row[1] = text_cell(f"{criterion} (its own)")
+                rows.append(row)
         if rows:
             columns = ["Method", "Criterion", "n"] + [f"{budget:g} × plain MACs (%)" for budget in BUDGETS]
             tables.append(Table(caption, columns, rows, [
