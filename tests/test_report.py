@@ -669,10 +669,10 @@ def test_equal_cost_chooses_lambda_and_threshold_together(tmp_path):
     collection = collect([tmp_path])
     for split, expected in (("test", ["61.00", "66.00", "74.00"]), ("val", ["60.00", "72.00", "75.00"])):
         (table,) = equal_cost_table(collection, split)
-        row = table.row("proposed, λ and gate threshold chosen together (λ = 0.1, 1)")
+        row = table.row("proposed · λ chosen on val (λ = 0.1, 1)")
         assert row[2].text == "1"
         assert [cell.text for cell in row[3:]] == expected
-        assert any("chosen together" in note for note in table.notes)
+        assert any("λ chosen on val" in note for note in table.notes)
     # Each lambda keeps its own row, read from its own sweep alone (lambda 1 at seed 0).
     assert [c.text for c in table.row("proposed · λ 1")[3:]] == ["60.00", "72.00", "75.00"]
 
@@ -756,7 +756,7 @@ def test_a_lambda_curve_with_a_run_that_left_lambda_unset(tmp_path):
     config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"cost_weight": None}))
     collection = collect([tmp_path])
     (table,) = equal_cost_table(collection)
-    row = table.row("proposed, λ and gate threshold chosen together (λ = 0.1, 1)")
+    row = table.row("proposed · λ chosen on val (λ = 0.1, 1)")
     assert [cell.text for cell in row[3:]] == ["61.00", "66.00", "74.00"]
     (panel,) = own_criterion_panels(collection)
     assert "proposed, λ and gate threshold swept (λ = 0.1, 1; n=1)" in [series.label for series in panel.series]

@@ -647,7 +647,7 @@ def _swept_row(family: list[Group], criterion: str, split: str) -> list[Cell]:
     """One row for a lambda curve: per seed, the best validation point under each budget over every lambda's
     sweep (lambda and threshold chosen together on validation), read on test."""
     seeds = runs_by_seed(family)
-    label = f"{family[0].method}, λ and {criterion} threshold chosen together (λ = {swept_label(family)})"
+    label = f"{family[0].method} · λ chosen on val (λ = {swept_label(family)})"  # the criterion has its own column
     row = [text_cell(label, note=f"{SWEPT_OPTION} swept: one run per value, seeds {sorted(seeds, key=str)}"),
            text_cell(criterion), text_cell(str(len(seeds)))]
     for budget in BUDGETS:
@@ -694,8 +694,8 @@ def equal_cost_table(collection: Collection, split: str = "test") -> list[Table]
                  f"most that fraction of the network without exits, {read}; a dash where no threshold is that cheap "
                  "(the first exit alone costs about 0.31 x plain for VGG-13 with conv branches)."]
         if families:
-            notes.append("A row \"λ and ... threshold chosen together\": per seed, the most accurate validation point under "
-                         "each budget among the sweeps of all its λ runs (λ weighs the expected cost in the paper's loss: its "
+            notes.append("A row \"λ chosen on val\": per seed, the most accurate validation point under "
+                         "each budget among the sweeps of all its λ runs (λ and the threshold chosen together) (λ weighs the expected cost in the paper's loss: its "
                          "way to buy speed), read like the others; seeds trained at one λ only are left out.")
         tables.append(Table(caption, columns, rows, notes))
     return tables
