@@ -372,3 +372,17 @@ def test_select_last_keeps_the_last_epoch(data_dir, tmp_path):
     assert result.selected_epoch == 2 and not result.stopped_early
     checkpoint = rundir.load_torch(tmp_path / "run" / rundir.CHECKPOINT)
     assert checkpoint["epoch"] == 2 and checkpoint["val_loss"] == result.rows[-1]["val_loss"]
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch, avx512_bf16, amx, expected):
+    """oneDNN reports bf16 as supported on any AVX-512 CPU, emulating it where the CPU lacks AVX-512 BF16 and
+    AMX (there bf16 trained at 0.6x of fp32's speed): auto must read the instruction sets themselves."""
+    from repro.trainer import native_bf16, resolve_precision
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_bf16(torch.device("cpu")) is (expected == "bf16")
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16" and resolve_precision("fp32", torch.device("cpu")) == "fp32"

@@ -192,6 +192,11 @@ def _section_notes(groups: list[Group], references: References) -> list[str]:
         if group.dataset.note and group.dataset.note not in notes:
             notes.append(group.dataset.note)
     for source in references.sources:
+        models = {number.model for number in source.numbers}
+        for group in groups:
+            note = f"{source.label} has no numbers for {group.model_label}: its columns stay empty here, never guessed."
+            if group.model not in models and note not in notes:
+                notes.append(note)
         for group in groups:
             if group.method in source.no_row:
                 note = f"{source.label} has no row for {group.method}: {source.no_row[group.method]}."
