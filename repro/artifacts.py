@@ -229,11 +229,11 @@ class RunState:
     def trained_here_now(self) -> bool:
         """Whether another live process on this machine is training the run right now."""
         return (self.status == "running" and self.host == socket.gethostname() and self.pid is not None
-                and self.pid != os.getpid() and _alive(self.pid))
+                and self.pid != os.getpid() and process_alive(self.pid))
 
     def current_status(self) -> str:
         """The status, with a "running" run whose process is gone (on this host) read as interrupted."""
-        if self.status == "running" and self.host == socket.gethostname() and self.pid is not None and not _alive(self.pid):
+        if self.status == "running" and self.host == socket.gethostname() and self.pid is not None and not process_alive(self.pid):
             return "interrupted"
         return self.status
 
@@ -246,7 +246,8 @@ STATE_SCHEMA = {"status": str, "epoch": int, "epochs": int, "stopped_early": boo
                 "pid": (int, None), "host": (str, None)}
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (one of another user counts: it runs)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -14,17 +14,16 @@ A run directory that holds a run with other options is an error for that cell, n
 that fails is reported with its one-line error and the others go on.
 
 Executors: `local` runs cells in this process one after another, or in N worker processes (`jobs`), the
-CPU threads divided among them; `slurm` submits one job per cell (a job array) through submitit. Timing
+CPU threads divided among them; `slurm` submits one job per cell (a job array) through submitit
+(repro.slurm). Timing
 (`repro eval --timing`) never runs beside other work: after all training, one cell at a time here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from repro import artifacts, rundir
 from repro.errors import ReproError, error_reason
@@ -50,7 +49,7 @@ class CellPlan:
 @dataclass
 class CellOutcome:
     name: str
-    status: str  # "done" (nothing to do) | "ran" | "failed"
+    status: str  # "done" (nothing to do) | "ran" | "failed" | "interrupted" (a SLURM job stopped from outside)
     seconds: float = 0.0
     error: str | None = None
     steps: list[str] = field(default_factory=list)
@@ -60,7 +59,7 @@ class CellOutcome:
         """This outcome followed by a later step's (the timing after the training): steps and time add up."""
         if later.status == "done":
             return self
-        status = "failed" if "failed" in (self.status, later.status) else "ran"
+        status = next((s for s in ("failed", "interrupted") if s in (self.status, later.status)), "ran")
         return CellOutcome(self.name, status, self.seconds + later.seconds, self.error or later.error,
                            self.steps + later.steps, later.summary or self.summary)
 
@@ -79,7 +78,9 @@ def config_difference(cell: Cell, saved) -> list[str]:
     return saved.differences(cell.config, ignore=tuple(ignore))[:3]
 
 
-def plan_cell(cell: Cell, steps: Steps) -> CellPlan:
+def plan_cell(cell: Cell, steps: Steps, trainer_gone: bool = False) -> CellPlan:
+    """What `cell` needs. `trainer_gone`: the process that state.json says is training it is known to be gone
+    (its SLURM job ended on another node), so a "running" run is an interrupted one."""
     run = rundir.RunDir(cell.path)
     wanted = ["eval"] * steps.eval + ["sweep"] * (steps.sweep is not None and cell.config.method != "baseline") + ["timing"] * steps.timing
     if not rundir.is_run_dir(cell.path):
@@ -96,7 +97,7 @@ def plan_cell(cell: Cell, steps: Steps) -> CellPlan:
         return CellPlan(cell, None, [], error=f"{cell.path} holds a run with other options ({'; '.join(differences)}); "
                                                 "remove it, or give the grid another output folder")
     status = state.current_status()
-    if status == "running":
+    if status == "running" and not trainer_gone:
         return CellPlan(cell, None, [], error=f"{cell.path} is being trained by process {state.pid} on {state.host}; "
                                                 f"if that process is gone, resume it with `repro train --resume {cell.path}`")
     if status != "finished":
@@ -248,104 +249,6 @@ def run_local_parallel(cells: list[Cell], steps: Steps, device: str, jobs: int, 
             pool.shutdown(wait=True, cancel_futures=True)  # the workers got the signal too and saved their runs
             raise
     return outcomes
-
-
-# ---------------------------------------------------------------------------------------------- SLURM
-
-
-def slurm_parameters(options: dict) -> dict:
-    """sbatch parameters (submitit's SLURM names) from the grid's [slurm] table and the command line, None
-    meaning not set: partition, gpus_per_job -> gpus_per_node, cpus_per_job -> cpus_per_task, time (minutes),
-    mem (GB -> "16GB")."""
-    names = {"partition": "partition", "gpus_per_job": "gpus_per_node", "cpus_per_job": "cpus_per_task", "time": "time",
-             "mem": "mem"}
-    parameters = {names[key]: value for key, value in options.items() if value is not None}
-    if "mem" in parameters:
-        mem = float(parameters["mem"])
-        parameters["mem"] = f"{int(mem)}GB" if mem == int(mem) else f"{int(mem * 1024)}MB"
-    return parameters
-
-
-def submitit_module():
-    try:
-        import submitit
-    except ImportError:
-        raise ReproError("--executor slurm needs submitit: pip install \".[cluster]\" (or pip install submitit)") from None
-    return submitit
-
-
-def make_executor(folder: Path, parameters: dict, cluster: str | None = None, jobs: int | None = None, exclusive: bool = False):
-    """A submitit executor writing its pickles and logs to `folder` (inside the grid's output). cluster
-    None = SLURM; "local" runs real jobs as local processes (what the tests use)."""
-    submitit = submitit_module()
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    except RuntimeError as error:  # submitit could not find srun / sbatch
-        raise ReproError(f"no SLURM cluster here ({error_reason(error)}); use --executor local") from None
-    executor.update_parameters(name="repro-grid")
-    if cluster != "local":
-        executor.update_parameters(**{f"slurm_{key}": value for key, value in parameters.items()})
-        if jobs is not None:
-            executor.update_parameters(slurm_array_parallelism=jobs)
-        if exclusive:  # a job that times its cell must have its node to itself, or latency measures its neighbours
-            executor.update_parameters(slurm_exclusive=True)
-    return executor
-
-
-def submit_cells(executor, cells: list[Cell], steps: Steps, device: str) -> list:
-    """One job per cell, as a job array; each job trains, evaluates, sweeps and (when asked) times its cell."""
-    with executor.batch():
-        jobs = [executor.submit(run_cell_job, cell, steps, device, None, steps.timing) for cell in cells]
-    return jobs
-
-
-def save_job_ids(folder: Path, jobs: list, cells: list[Cell]) -> None:
-    known = load_job_ids(folder)
-    known.update({cell.name: str(job.job_id) for cell, job in zip(cells, jobs)})
-    rundir.write_json(folder / "jobs.json", known)
-
-
-def load_job_ids(folder: Path) -> dict:
-    path = folder / "jobs.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def slurm_work(plans: list[CellPlan], folder: Path) -> tuple[dict[str, CellOutcome], dict, list[Cell]]:
-    """What a SLURM run of these plans must do: (outcomes known already: failed or done; {name: (job, cell)}
-    still queued or running from an earlier `--no-wait` submission, to collect rather than submit again;
-    the cells to submit). A cell whose job is still alive counts as pending even when its state.json says
-    another host is training it: that host is the job."""
-    submitit = submitit_module()
-    known = load_job_ids(folder)
-    outcomes, pending, to_submit = {}, {}, []
-    for plan in plans:
-        name = plan.cell.name
-        if name in known and not plan.done:
-            job = submitit.SlurmJob(folder=folder, job_id=known[name])
-            if not job.done():
-                pending[name] = (job, plan.cell)
-                continue
-        if plan.error:
-            outcomes[name] = CellOutcome(name, "failed", error=plan.error)
-        elif plan.done:
-            outcomes[name] = CellOutcome(name, "done")
-        else:
-            to_submit.append(plan.cell)
-    return outcomes, pending, to_submit
-
-
-def collect_job(job, cell: Cell) -> CellOutcome:
-    """The outcome of a finished job; a job that crashed (killed, out of memory) is a failed cell."""
-    try:
-        return job.result()
-    except Exception as error:  # submitit raises FailedJobError / UncompletedJobError with the job's stderr
-        return CellOutcome(cell.name, "failed", error=f"job {job.job_id} failed: {error_reason(error, 200)}")
 
 
 def grid_summary_rows(grid: Grid, outcomes: dict[str, CellOutcome]) -> list[dict]:

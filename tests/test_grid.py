@@ -311,7 +311,7 @@ def test_two_worker_processes(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_executor_runs_real_jobs(tmp_path):
     pytest.importorskip("submitit")
-    from repro.grid_runner import collect_job, make_executor, submit_cells
+    from repro.slurm import collect_job, make_executor, submit_cells
 
     grid = load_grid(str(write_grid(tmp_path, TINY + '[axes]\nmethod = ["bnet"]\n[steps]\nsweep = {}\n')))
     executor = make_executor(tmp_path / "out" / ".submitit", {}, cluster="local")
@@ -324,7 +324,7 @@ def test_submitit_local_executor_runs_real_jobs(tmp_path):
 
 def test_slurm_parameters_reach_the_sbatch_script(tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit")
-    from repro.grid_runner import make_executor, slurm_parameters
+    from repro.slurm import make_executor, slurm_parameters
 
     # No SLURM here: tell submitit that srun exists, build the executor as `repro grid --executor slurm`
     # does, and read the sbatch script it would submit (nothing is submitted).
@@ -335,6 +335,7 @@ def test_slurm_parameters_reach_the_sbatch_script(tmp_path, monkeypatch):
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8",
                  "#SBATCH --time=90", "#SBATCH --mem=16GB", "#SBATCH --exclusive", "#SBATCH --job-name=repro-grid"):
         assert line in script, line
+    assert slurm_parameters({"time": None}) == {"time": 120}  # never submitit's 5 minutes, which stop every real cell
 
 
 def test_errors_cross_process_boundaries():

@@ -36,7 +36,7 @@ def grid(
     partition: Annotated[Optional[str], typer.Option(help="SLURM partition", rich_help_panel=SLURM)] = None,
     gpus_per_job: Annotated[Optional[int], typer.Option(help="GPUs per job", rich_help_panel=SLURM, metavar="N")] = None,
     cpus_per_job: Annotated[Optional[int], typer.Option(help="CPUs per job", rich_help_panel=SLURM, metavar="N")] = None,
-    time_limit: Annotated[Optional[int], typer.Option("--time", help="Time limit per job, in minutes", rich_help_panel=SLURM, metavar="MIN")] = None,
+    time_limit: Annotated[Optional[int], typer.Option("--time", help="Time limit per job, in minutes [default: 120]", rich_help_panel=SLURM, metavar="MIN")] = None,
     mem: Annotated[Optional[float], typer.Option(help="Memory per job, in GB", rich_help_panel=SLURM, metavar="GB")] = None,
 ):
     """Train, evaluate, sweep and time every cell of a grid (models x datasets x methods x seeds x options);
@@ -83,11 +83,16 @@ def grid(
         raise
     console.print(outcome_table(grid_spec, outcomes, time.perf_counter() - start))
     failed = [o for o in outcomes.values() if o.status == "failed"]
-    if (grid_spec.report if report is None else report) and any(o.status != "failed" for o in outcomes.values()):
+    interrupted = [o for o in outcomes.values() if o.status == "interrupted"]
+    if (grid_spec.report if report is None else report) and any(o.status in ("done", "ran") for o in outcomes.values()):
         render_report(grid_spec)
     if failed:
-        raise ReproError(f"{len(failed)} of {len(outcomes)} cell(s) failed (their errors are in the table above); "
+        also = f" and {len(interrupted)} interrupted" if interrupted else ""
+        raise ReproError(f"{len(failed)} of {len(outcomes)} cell(s) failed{also} (their errors are in the table above); "
                          f"fix the cause and run the same command again: finished cells are skipped")
+    if interrupted:
+        raise ReproError(f"{len(interrupted)} of {len(outcomes)} cell(s) interrupted by SLURM (time limit, preemption or "
+                         f"scancel), each left resumable: run the same command again to resume them")
 
 
 @contextlib.contextmanager
@@ -159,25 +164,28 @@ def run_locally(grid_spec, plans, device: str, jobs: int) -> dict:
 def run_on_slurm(grid_spec, plans, device: str, options: dict, jobs: int, wait: bool) -> dict | None:
     """Submit the cells that need work as a job array; wait (with progress) or return at once."""
     from repro.commands.progress import make_progress
-    from repro.grid_runner import collect_job, make_executor, save_job_ids, slurm_parameters, slurm_work, submit_cells
+    from repro.slurm import JobWatch, collect_job, make_executor, save_job_ids, slurm_parameters, slurm_work, submit_cells
 
     folder = grid_spec.output / ".submitit"
-    outcomes, pending, cells_to_submit = slurm_work(plans, folder)
+    watch = JobWatch(say=say)
+    outcomes, pending, cells_to_submit = slurm_work(plans, grid_spec.steps, folder, watch)
     if cells_to_submit:
         executor = make_executor(folder, slurm_parameters(options), jobs=jobs, exclusive=grid_spec.steps.timing)
         submitted = submit_cells(executor, cells_to_submit, grid_spec.steps, device)
         save_job_ids(folder, submitted, cells_to_submit)
+        watch.follow(submitted)
         pending.update({cell.name: (job, cell) for job, cell in zip(submitted, cells_to_submit)})
         say(f"submitted {len(submitted)} job(s); logs in {folder}")
     if not wait:
-        say(f"not waiting: run the same `repro grid` command again to collect them")
+        say("not waiting: run the same `repro grid` command again to collect them")
         return None
     with make_progress() as bar:
         overall = bar.add_task(f"grid {grid_spec.name}", total=len(pending), info="jobs", unit="job")
         while pending:
             for name, (job, cell) in list(pending.items()):
-                if job.done():
-                    outcomes[name] = collect_job(job, cell)
+                ended = watch.ended(job)
+                if ended is not None:
+                    outcomes[name] = collect_job(job, cell, ended)
                     say(outcome_line(outcomes[name]), out=bar.console)
                     bar.advance(overall)
                     del pending[name]
@@ -228,6 +236,8 @@ def plan_table(grid_spec, plans):
 def outcome_line(outcome) -> str:
     if outcome.status == "failed":
         return f"[red]failed[/] {outcome.name}: {outcome.error}"
+    if outcome.status == "interrupted":
+        return f"[yellow]interrupted[/] {outcome.name}: {outcome.error}"
     if outcome.status == "done":
         return f"[dim]done[/] {outcome.name}: nothing to do"
     return f"[green]ran[/] {outcome.name}: {', '.join(outcome.steps)} in {format_seconds(outcome.seconds)}"
@@ -252,7 +262,7 @@ def outcome_table(grid_spec, outcomes: dict, seconds: float):
         if outcome is None:
             continue
         numbers = outcome.summary
-        status = {"failed": "[red]failed[/]", "done": "done", "ran": "[green]ran[/]"}.get(outcome.status, outcome.status)
+        status = {"failed": "[red]failed[/]", "interrupted": "[yellow]interrupted[/]", "done": "done", "ran": "[green]ran[/]"}.get(outcome.status, outcome.status)
         table.add_row(
             cell.name, status, format_seconds(outcome.seconds) if outcome.seconds else "",
             outcome.error if outcome.error else numbers.get("state", ""),
