@@ -31,6 +31,9 @@ runner = CliRunner()
 TINY = TINY_CELL.replace("epochs = 1\n", "") + 'method = "bnet"\n'
 ONE_CELL = '[axes]\nmethod = ["bnet"]\n'  # a grid of one cell
 CELL = "vgg13-bnet-synthetic-seed0"  # its name: nothing varies
+# That cell for longer than any test waits: 400 epochs, never stopping early (its validation loss on
+# random labels stops improving within a few epochs).
+LONG = TINY + "epochs = 400\npatience = 0\n" + ONE_CELL
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +144,10 @@ def test_a_failing_cell_is_isolated_and_the_exit_code_says_so(cluster, tmp_path)
 
 @pytest.mark.slow
 def test_a_cell_past_its_time_limit_is_interrupted_and_resumes(cluster, tmp_path):
-    # --time 2: SLURM's warning (SIGUSR2, which submitit asks for 90 s before the limit) comes after about 30 s.
-    path = write_grid(tmp_path, TINY + "epochs = 400\n" + ONE_CELL)
-    first = grid(path, "--time", "2")
+    # --time 3: SLURM's warning (SIGUSR2, which submitit asks for 90 s before the limit) comes after about 90 s,
+    # time enough for the job to import torch and save epochs even on a loaded machine (--time 2 was not).
+    path = write_grid(tmp_path, LONG)
+    first = grid(path, "--time", "3")
     assert first.exit_code == 1, first.output
     assert "interrupted by SLURM" in text(first) and "resumes on the next run" in text(first)
     run = tmp_path / "out" / CELL
@@ -156,7 +160,7 @@ def test_a_cell_past_its_time_limit_is_interrupted_and_resumes(cluster, tmp_path
 def start_then_stop(tmp_path, stop) -> tuple[Path, str, int]:
     """A long one-cell grid submitted with --no-wait, `stop(job_id, run)` once two epochs are saved, and back
     when SLURM says the job ended: (grid file, job id, epochs saved)."""
-    path = write_grid(tmp_path, TINY + "epochs = 400\n" + ONE_CELL)
+    path = write_grid(tmp_path, LONG)
     assert grid(path, "--no-wait").exit_code == 0
     (job_id,) = job_ids(tmp_path / "out").values()
     run = tmp_path / "out" / CELL
@@ -195,7 +199,7 @@ def test_a_job_killed_without_a_word_is_found_ended_and_its_run_resumed_from_ano
     state.json still says "running". sacct cannot say the job ended (no accounting), only squeue can: a
     waiting `repro grid` must report the cell failed, not wait for ever. And on a real cluster the run names
     the node the job ran on, where its dead process cannot be seen from here: the job's end stands for it."""
-    path = write_grid(tmp_path, TINY + "epochs = 400\n" + ONE_CELL)
+    path = write_grid(tmp_path, LONG)
     waiting = subprocess.Popen([sys.executable, "-m", "repro", "grid", str(path), "--executor", "slurm"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
