@@ -78,9 +78,8 @@ def config_difference(cell: Cell, saved) -> list[str]:
     return saved.differences(cell.config, ignore=tuple(ignore))[:3]
 
 
-def plan_cell(cell: Cell, steps: Steps, trainer_gone: bool = False) -> CellPlan:
-    """What `cell` needs. `trainer_gone`: the process that state.json says is training it is known to be gone
-    (its SLURM job ended on another node), so a "running" run is an interrupted one."""
+def plan_cell(cell: Cell, steps: Steps) -> CellPlan:
+    """What `cell` needs."""
     run = rundir.RunDir(cell.path)
     wanted = ["eval"] * steps.eval + ["sweep"] * (steps.sweep is not None and cell.config.method != "baseline") + ["timing"] * steps.timing
     if not rundir.is_run_dir(cell.path):
@@ -97,7 +96,7 @@ def plan_cell(cell: Cell, steps: Steps, trainer_gone: bool = False) -> CellPlan:
         return CellPlan(cell, None, [], error=f"{cell.path} holds a run with other options ({'; '.join(differences)}); "
                                                 "remove it, or give the grid another output folder")
     status = state.current_status()
-    if status == "running" and not trainer_gone:
+    if status == "running":
         return CellPlan(cell, None, [], error=f"{cell.path} is being trained by process {state.pid} on {state.host}; "
                                                 f"if that process is gone, resume it with `repro train --resume {cell.path}`")
     if status != "finished":

@@ -3,15 +3,19 @@ its end, collected into the same outcomes the local executor gives.
 
 What a job runs (`run_slurm_job`) is the local cell (train or resume, eval, sweep, timing on a node of its
 own). SLURM stops a job from outside in three ways: a warning signal before its time limit (submitit asks
-for SIGUSR2 90 s before), SIGTERM at the limit, on preemption and on `scancel`, and SIGKILL a grace period
-(KillWait) later. The first two stop the cell as Ctrl-C does: training leaves a resumable run and the job
-returns an "interrupted" outcome. (submitit's own handlers would requeue a checkpointable function or
-ignore SIGTERM; a cell resumes from its files instead, on the next `repro grid`.)
+for one 90 s before: SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise), SIGTERM at the limit, on
+preemption and on `scancel`, and SIGKILL a grace period (KillWait) later. The first two stop the cell as
+Ctrl-C does: training leaves a resumable run and the job returns an "interrupted" outcome. (submitit's own
+handlers would requeue a checkpointable function or ignore SIGTERM; a cell resumes from its files instead,
+on the next `repro grid`.) Jobs are submitted with --no-requeue: SLURM never starts a second trainer of a
+cell that `repro grid` already planned again.
 
 Following jobs: submitit asks `sacct`, and on a cluster without accounting (no slurmdbd) sacct fails, so
 submitit never learns that a job ended without a result. `JobWatch` asks `squeue` then, once a poll for all
 jobs: squeue shows an ended job's state for MinJobAge seconds (300 by default) and forgets it after, and a
-job it does not list has ended too.
+job it does not list has ended too. A job that ended without its result pickle is given RESULT_GRACE
+seconds for the pickle to appear (a shared file system can show it late) before it counts as ended
+without one.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from repro.errors import ReproError, error_reason
 from repro.grid import Cell, Steps
 from repro.grid_runner import CellOutcome, CellPlan, plan_cell, run_cell_job
 
-# squeue's states of a job that will not run again (https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES);
-# those of STOPPED_FROM_OUTSIDE leave the cell resumable, the rest are its failure.
+# squeue's and sacct's states of a job that will not run again (https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES;
+# PREEMPTED and NODE_FAIL are final because jobs are submitted with --no-requeue); those of STOPPED_FROM_OUTSIDE
+# leave the cell resumable, the rest are its failure.
 ENDED = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED", "SPECIAL_EXIT", "GONE"}
 STOPPED_FROM_OUTSIDE = {"TIMEOUT", "CANCELLED", "NODE_FAIL", "PREEMPTED", "DEADLINE", "BOOT_FAIL"}
@@ -38,6 +43,9 @@ STOPPED_FROM_OUTSIDE = {"TIMEOUT", "CANCELLED", "NODE_FAIL", "PREEMPTED", "DEADL
 # Minutes per job when neither --time nor the grid's [slurm] table says: submitit's own default (5) would stop
 # every real cell; two hours hold a paper cell on a GPU with room, and an interrupted cell resumes anyway.
 DEFAULT_TIME = 120
+
+# Seconds an ended job's result pickle may take to appear where this process reads it (submitit waits as long).
+RESULT_GRACE = 15.0
 
 
 def slurm_parameters(options: dict) -> dict:
@@ -72,6 +80,8 @@ def make_executor(folder: Path, parameters: dict, cluster: str | None = None, jo
     executor.update_parameters(name="repro-grid")
     if cluster != "local":
         executor.update_parameters(**{f"slurm_{key}": value for key, value in parameters.items()})
+        # A requeued job would train a cell that `repro grid` may already have submitted again (see module doc).
+        executor.update_parameters(slurm_additional_parameters={"no_requeue": True})
         if jobs is not None:
             executor.update_parameters(slurm_array_parallelism=jobs)
         if exclusive:  # a job that times its cell must have its node to itself, or latency measures its neighbours
@@ -81,15 +91,18 @@ def make_executor(folder: Path, parameters: dict, cluster: str | None = None, jo
 
 def run_slurm_job(cell: Cell, steps: Steps, device: str, timing: bool) -> CellOutcome:
     """What a SLURM job runs: the cell, with SLURM's stop signals turned into an "interrupted" outcome (see
-    the module's docstring). Training installs its own SIGTERM handler, which saves the run; SIGUSR2 is
-    passed on to it as SIGTERM, and outside training SIGTERM stops evaluation or timing, which rerun whole."""
+    the module's docstring). Training installs its own SIGTERM handler, which saves the run; the time-limit
+    warning is passed on to it as SIGTERM, and outside training SIGTERM stops evaluation or timing, which
+    rerun whole."""
+    from submitit.core.job_environment import JobEnvironment
+
     from repro.trainer import TrainingInterrupted
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGUSR2, lambda signum, frame: signal.raise_signal(signal.SIGTERM))
+    signal.signal(JobEnvironment._usr_sig(), lambda signum, frame: signal.raise_signal(signal.SIGTERM))
     try:
         return run_cell_job(cell, steps, device, None, timing)
     except TrainingInterrupted as error:
@@ -125,45 +138,76 @@ def load_job_ids(folder: Path) -> dict:
 
 
 class _QuietSacct(logging.Filter):
-    """Drops submitit's "Bypassing sacct error" warning, repeated at every poll where there is no accounting:
-    JobWatch follows the jobs with squeue then and says so once."""
+    """Drops submitit's "Bypassing sacct error" warning, repeated at every poll where there is no accounting
+    (JobWatch follows the jobs with squeue then and says so once), and counts them. One for the process:
+    a logger stops at the first filter that drops a record, so each watch reads the count."""
+
+    def __init__(self):
+        super().__init__()
+        self.dropped = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Bypassing sacct error" not in record.getMessage()
+        if "Bypassing sacct error" in record.getMessage():
+            self.dropped += 1
+            return False
+        return True
+
+
+_SACCT_WARNINGS = _QuietSacct()
+logging.getLogger("submitit").addFilter(_SACCT_WARNINGS)
 
 
 class JobWatch:
-    """When each submitit job has ended: `ended(job)` is None while it may still run, "result" once it left
-    its outcome, else SLURM's state of a job that ended without one (CANCELLED, OUT_OF_MEMORY, GONE, ...)."""
+    """When each submitit job has ended: `ended(job)` is None while it may still run (or its result may
+    still be on its way), "result" once it left its outcome, else SLURM's state of a job that ended without
+    one (CANCELLED, OUT_OF_MEMORY, PREEMPTED, GONE, ...)."""
 
-    def __init__(self, interval: float = 5.0, say=None):
+    def __init__(self, interval: float = 5.0, say=None, grace: float = RESULT_GRACE):
         self.interval = interval  # seconds between squeue polls, one for every job followed
+        self.grace = grace
         self.say = say
-        self._states: dict[str, str] = {}
+        self._states: dict[str, str] | None = {}
         self._asked_at = float("-inf")
         self._ids: set[str] = set()
-        logging.getLogger("submitit").addFilter(_QuietSacct())
+        self._ended_at: dict[str, float] = {}  # when a job was first seen ended without its result pickle
+        self._said = False
+        self._sacct_failures_before = _SACCT_WARNINGS.dropped
 
     def follow(self, jobs) -> None:
         self._ids.update(str(job.job_id) for job in jobs)
 
     def ended(self, job) -> str | None:
-        if job.done():  # its result pickle is there, or sacct says it ended
-            return "result" if job.paths.result_pickle.exists() else job.state
-        if job.state != "UNKNOWN":  # sacct answered (PENDING, RUNNING, ...): trust it
-            return None
-        state = self._squeue_state(str(job.job_id))
+        if job.done() and job.paths.result_pickle.exists():  # done() also refreshes a shared folder's listing
+            return "result"
+        state = self.state(job)
         if state not in ENDED:
             return None
-        return "result" if job.paths.result_pickle.exists() else state  # it may have written it since done()
+        if job.paths.result_pickle.exists():  # written since
+            return "result"
+        first_seen = self._ended_at.setdefault(str(job.job_id), time.monotonic())
+        return state if time.monotonic() - first_seen >= self.grace else None
+
+    def settling(self) -> float:
+        """Seconds until every job seen ended without a result has had its grace."""
+        now = time.monotonic()
+        return max([0.0] + [first + self.grace - now for first in self._ended_at.values()])
+
+    def state(self, job) -> str:
+        """SLURM's state of the job: sacct's through submitit ("CANCELLED by 1000" -> CANCELLED), or squeue's
+        where sacct cannot say (UNKNOWN: no accounting, or not recorded yet)."""
+        words = (job.state or "UNKNOWN").split()
+        state = words[0] if words else "UNKNOWN"
+        if state == "UNKNOWN":
+            state = self._squeue_state(str(job.job_id)) or "UNKNOWN"
+        return state
 
     def _squeue_state(self, job_id: str) -> str | None:
         if time.monotonic() - self._asked_at >= self.interval:
             self._states = squeue_states(sorted(self._ids | {job_id}))
             self._asked_at = time.monotonic()
-            if self.say and self._states is not None and not getattr(self, "_said", False):
-                self.say("sacct cannot answer here (no accounting): following the jobs with squeue")
-                self._said = True
+        if self.say and _SACCT_WARNINGS.dropped > self._sacct_failures_before and not self._said:
+            self.say("sacct cannot answer here (no accounting): following the jobs with squeue")
+            self._said = True
         if self._states is None:
             return None  # squeue could not be asked: keep waiting
         return self._states.get(job_id, "GONE")
@@ -191,20 +235,26 @@ def slurm_work(plans: list[CellPlan], steps: Steps, folder: Path, watch: JobWatc
     """What a SLURM run of these plans must do: (outcomes known already: failed or done; {name: (job, cell)}
     still queued or running from an earlier `--no-wait` submission, to collect rather than submit again;
     the cells to submit). A cell whose job is still alive counts as pending even when its state.json says
-    another host is training it: that host is the job. One whose job ended is planned again knowing that
-    its trainer is gone, so a job killed before it could save its state leaves a resumable run."""
+    another host is training it: that host is the job. One whose job ended while its state.json still says
+    "running" (killed before it could save its state) is marked interrupted first, so that it resumes."""
     submitit = submitit_module()
     known = load_job_ids(folder)
-    jobs = {name: submitit.SlurmJob(folder=folder, job_id=known[name]) for name in known}
+    jobs = {plan.cell.name: submitit.SlurmJob(folder=folder, job_id=known[plan.cell.name])
+            for plan in plans if plan.cell.name in known and not plan.done}
     watch.follow(jobs.values())
+    ended = {name: watch.ended(job) for name, job in jobs.items()}
+    if watch.settling():  # a job seen ended without its result: give the pickle its grace, once for all
+        time.sleep(watch.settling())
+        ended = {name: watch.ended(job) for name, job in jobs.items()}
     outcomes, pending, to_submit = {}, {}, []
     for plan in plans:
         name = plan.cell.name
-        if name in jobs and not plan.done:
-            if watch.ended(jobs[name]) is None:
+        if name in jobs:
+            if ended[name] is None:
                 pending[name] = (jobs[name], plan.cell)
                 continue
-            plan = plan_cell(plan.cell, steps, trainer_gone=True)
+            if release_run(plan.cell, f"its SLURM job {jobs[name].job_id} ended ({ended[name]}) while training"):
+                plan = plan_cell(plan.cell, steps)
         if plan.error:
             outcomes[name] = CellOutcome(name, "failed", error=plan.error)
         elif plan.done:
@@ -214,16 +264,37 @@ def slurm_work(plans: list[CellPlan], steps: Steps, folder: Path, watch: JobWatc
     return outcomes, pending, to_submit
 
 
+def release_run(cell: Cell, reason: str) -> bool:
+    """Mark a cell's run interrupted where its state.json still says "running" although the job that trained
+    it has ended (SIGKILL, a node's crash: nothing ran to say so). True when it did. Only the status
+    changes: the epochs it saved (last.pt) are where it resumes."""
+    from dataclasses import replace
+
+    from repro import artifacts
+
+    run = rundir.RunDir(cell.path)
+    try:
+        state = artifacts.read_state(run) if rundir.is_run_dir(cell.path) else None
+    except ReproError:
+        return False  # a damaged state.json: plan_cell says so
+    if state is None or state.status != "running":
+        return False
+    artifacts.write_state(run, replace(state, status="interrupted", pid=None, error=reason))
+    return True
+
+
 def collect_job(job, cell: Cell, ended: str = "result") -> CellOutcome:
     """The outcome of a finished job (`ended` as JobWatch says). One that ended without a result is
     interrupted where SLURM stopped it (cancelled, time limit, preemption, node failure: the cell resumes on
-    the next run) and failed otherwise (out of memory, killed, a crash), with the last line of its log. (Never
-    job.result() there: it waits for a result that will not come.)"""
+    the next run) and failed otherwise (out of memory, killed, a crash), with the last line of its log; its
+    run, if state.json still says "running", is marked interrupted (`release_run`). (Never job.result()
+    there: it waits for a result that will not come.)"""
     if ended == "result":
         try:
             return job.result()
         except Exception as error:  # submitit raises FailedJobError / UncompletedJobError with the job's stderr
             return CellOutcome(cell.name, "failed", error=f"job {job.job_id} failed: {error_reason(error, 200)}")
+    release_run(cell, f"its SLURM job {job.job_id} ended ({ended}) while training")
     if ended in STOPPED_FROM_OUTSIDE or ended == "GONE":
         return CellOutcome(cell.name, "interrupted", error=f"job {job.job_id} ended {ended} before it could report; "
                                                            "the cell resumes on the next run")

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shlex
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 

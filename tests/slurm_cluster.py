@@ -12,7 +12,7 @@ No accounting daemon. submitit polls a job's state with `sacct`, which needs slu
 sacct fails, submitit says "status may be inaccurate" and keeps the job UNKNOWN. `repro grid` does not rely
 on sacct alone: a job that left a result is done (submitit's result pickle), and one that SLURM no longer
 runs without leaving a result (killed, out of memory, cancelled hard) is found with `squeue`
-(repro.grid_runner.job_finished). This cluster therefore tests the path a cluster without accounting takes;
+(repro.slurm.JobWatch). This cluster therefore tests the path a cluster without accounting takes;
 a cluster with accounting adds sacct's answer on top.
 
 `start` raises ClusterUnavailable, naming the step that failed, where a binary is missing or a daemon does not
@@ -179,14 +179,27 @@ def recorded_pids(folder: Path) -> list[int]:
     return pids
 
 
-def cancel_jobs(folder: Path, seconds: float = 20) -> None:
-    """Cancel every job of this cluster and wait until none runs: a job's slurmstepd outlives slurmd."""
+def cancel_jobs(folder: Path, seconds: float = 30) -> list[str]:
+    """Cancel every job of this cluster and wait until none runs (a job's slurmstepd outlives slurmd): the
+    ids still listed after `seconds`, said on stderr ([] when none, or when slurmctld is already gone)."""
+    def listed() -> list[str]:
+        return run([find("squeue"), "-h", "-o", "%i"], folder, "squeue", timeout=10).split()
+
     try:
         run([find("scancel"), "--full", "--user", str(os.getuid())], folder, "scancel", timeout=10)
-        wait_for(lambda: not run([find("squeue"), "-h", "-o", "%i"], folder, "squeue", timeout=10).strip(),
-                 seconds, "jobs still running")
     except ClusterUnavailable:
-        pass  # slurmctld already gone: nothing to ask
+        return []  # slurmctld already gone: nothing to ask
+    try:
+        wait_for(lambda: not listed(), seconds, "jobs still running")
+        return []
+    except ClusterUnavailable:
+        try:
+            left = listed()
+        except ClusterUnavailable:
+            return []
+        print(f"slurm_cluster: jobs {', '.join(left)} still listed {seconds:.0f} s after scancel; stopping the "
+              "daemons anyway", file=sys.stderr)
+        return left
 
 
 def stop(folder: Path, grace: float = 10) -> None:

@@ -4,7 +4,6 @@ as one line through CliRunner. Grids here have one or two tiny cells on the synt
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer

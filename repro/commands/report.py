@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from repro.console import cli_errors, console, say
+from repro.console import cli_errors, say
 
 
 @cli_errors

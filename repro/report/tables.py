@@ -160,7 +160,6 @@ def _placeholders(groups: list[Group], references: References, quantities: tuple
 
     wanted = {(n.model, n.dataset, n.method) for source in references.sources for n in source.numbers if n.quantity in quantities}
     have = {(g.model, g.dataset.label, g.method) for g in groups}
-    datasets = {(model, dataset) for model, dataset, _ in wanted}
     # Our sections on a copy of a reference data set (same reference) get its rows too.
     copies = {g.dataset.label: (g.model, g.dataset, g.config.get("data_dir")) for g in groups
               if g.dataset.reference and g.dataset.name != g.dataset.reference}
@@ -428,7 +427,7 @@ def accuracy_discrepancies(references: References, model: str | None = None, dat
                 f"{source.label}, {number.table}, {row}: accuracy {reference_text(number.value)} %, but its Table 1 gives "
                 f"{reference_text(table1_number.value)} % for {what}"
                 + (f" ({reference_text(number.value)} % is {' and '.join(same)}'s Table 1 figure)" if same else "")
-                + f". Both are shown; each Δ is against its own table's number."
+                + ". Both are shown; each Δ is against its own table's number."
             )
     return lines
 
