@@ -25,6 +25,7 @@ The files:
     timing.json       measured latencies and speed-ups
     sweep.csv         the threshold sweep, with sweep.source.json naming the checkpoint swept
     calibration.json  thresholds chosen on validation for a target
+    exit_policies.json  exit decisions fitted on half of validation (repro.exit_policy)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from repro.rundir import (
     CONFIG,
     ENV,
     EVAL,
+    EXIT_POLICIES,
     LAST,
     METRICS,
     OUTPUTS,
@@ -58,7 +60,7 @@ from repro.rundir import (
 
 SPLITS = ("val", "test")
 # The files that describe results and stay small: what is committed when results are (never *.pt).
-SMALL_FILES = (CONFIG, ENV, STATE, METRICS, rundir.LOG, EVAL, TIMING, SWEEP, SWEEP_SOURCE, CALIBRATION)
+SMALL_FILES = (CONFIG, ENV, STATE, METRICS, rundir.LOG, EVAL, TIMING, SWEEP, SWEEP_SOURCE, CALIBRATION, EXIT_POLICIES)
 
 
 class DamagedFile(ReproError):
@@ -162,6 +164,7 @@ def fix_command(run: RunDir, name: str) -> str:
         SWEEP: f"recompute it with `repro sweep {path}`",
         SWEEP_SOURCE: f"recompute it with `repro sweep {path}`",
         CALIBRATION: f"recompute it with `repro sweep {path} --max-drop 1`",
+        EXIT_POLICIES: f"fit them again with `repro fit-gates {path}`",
     }[name]
 
 
@@ -711,3 +714,42 @@ def write_calibration(run: RunDir, calibration: dict) -> None:
 
 def read_calibration(run: RunDir, check_current: bool = True) -> dict:
     return _read_result(run, CALIBRATION, CALIBRATION_SCHEMA, check_current)
+
+
+# ---------------------------------------------------------------------------------------------- exit_policies.json
+
+
+EXIT_POLICIES_SCHEMA = {"checkpoint_sha256": str, "policies": dict}
+
+
+def write_exit_policies(run: RunDir, checkpoint_sha: str, policies: dict) -> None:
+    """policies: {criterion name: FittedPolicy} (repro.exit_policy), replacing those of the same name."""
+    try:
+        known = read_exit_policies(run, checkpoint_sha)
+    except DamagedFile:
+        known = {}  # fitted from outputs.pt alone: nothing in a damaged file is lost that fit-gates cannot refit
+    known.update(policies)
+    rundir.write_json(run.file(EXIT_POLICIES), {"checkpoint_sha256": checkpoint_sha,
+                                                "policies": {name: policy.to_dict() for name, policy in known.items()}})
+
+
+def read_exit_policies(run: RunDir, checkpoint_sha: str) -> dict:
+    """{criterion name: FittedPolicy} fitted on outputs of checkpoint `checkpoint_sha`; {} when there are none
+    or they were fitted on another checkpoint's outputs (the run was retrained since: fit them again)."""
+    from repro.exit_policy import FittedPolicy
+
+    if not run.has(EXIT_POLICIES):
+        return {}
+    fix = fix_command(run, EXIT_POLICIES)
+    data = _read_json_checked(run, EXIT_POLICIES, EXIT_POLICIES_SCHEMA, fix)
+    if data["checkpoint_sha256"] != checkpoint_sha:
+        return {}
+    policies = {}
+    for name, entry in data["policies"].items():
+        try:
+            policies[name] = FittedPolicy.from_dict(entry)
+        except (KeyError, ValueError, TypeError, ReproError) as error:
+            raise DamagedFile(run, EXIT_POLICIES, f"policy {name!r} is malformed ({error})", fix) from None
+        if policies[name].criterion != name:
+            raise DamagedFile(run, EXIT_POLICIES, f"policy {name!r} holds a {policies[name].policy!r} policy", fix)
+    return policies

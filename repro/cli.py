@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from repro.commands import data, demo, grid, report, sweep, train, verify
+from repro.commands import data, demo, fit_gates, grid, report, sweep, train, verify
 from repro.console import Command, Group
 from repro.commands import eval as eval_command
 
@@ -28,6 +28,7 @@ app = typer.Typer(
 app.command("train", cls=Command)(train.train)
 app.command("eval", cls=Command)(eval_command.eval_command)
 app.command("sweep", cls=Command)(sweep.sweep)
+app.command("fit-gates", cls=Command)(fit_gates.fit_gates)
 app.command("report", cls=Command)(report.report)
 app.command("grid", cls=Command)(grid.grid)
 app.command("demo", cls=Command)(demo.demo)

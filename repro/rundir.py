@@ -40,6 +40,7 @@ TIMING = "timing.json"  # measured latencies and speed-ups (repro eval --timing)
 SWEEP = "sweep.csv"  # threshold sweep: accuracy vs cost for every criterion (repro sweep)
 SWEEP_SOURCE = "sweep.source.json"  # the checkpoint and sweep.csv hashes the sweep was computed from
 CALIBRATION = "calibration.json"  # threshold chosen on validation for a budget (repro sweep)
+EXIT_POLICIES = "exit_policies.json"  # exit decisions fitted on held-out data after training (repro fit-gates)
 
 
 @dataclass(frozen=True)

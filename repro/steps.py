@@ -5,7 +5,9 @@ repro.timing, repro.sweep) and writes its result files back through repro.artifa
 
 - `evaluate_run` (`repro eval RUN`): outputs.pt and eval.json from the run's checkpoint.pt;
 - `time_run` (`repro eval RUN --timing`): timing.json at the operating point eval.json holds;
-- `sweep_run` (`repro sweep RUN`): sweep.csv (+ calibration.json when a target is given) from outputs.pt.
+- `sweep_run` (`repro sweep RUN`): sweep.csv (+ calibration.json when a target is given) from outputs.pt;
+- `fit_gates_run` (`repro fit-gates RUN`): exit policies fitted on half of validation (exit_policies.json)
+  from outputs.pt, then the sweep again with them in it.
 
 A result is always labelled with the SHA-256 of the checkpoint it came from, and a step refuses to write
 one whose checkpoint changed while it ran (a training run finishing beside it).
@@ -126,6 +128,9 @@ def _time_run(run: RunDir, n_images: int, batch_size: int, device: str) -> dict:
 
 def sweep_run(run: RunDir, criterion: str = "all", count: int | None = None, thresholds=None, target: dict | None = None):
     """`repro sweep` for one run directory: outputs.pt -> sweep.csv (+ calibration.json when a target is given).
+    With criterion "all", the exit policies fitted on the same outputs (exit_policies.json) are swept too;
+    the calibration chooses among the built-in criteria only, so fitting a policy never moves the run's
+    operating point.
 
     thresholds: None (a grid of `count` fitted on validation) or a float64 matrix [T, E-1] already parsed.
     """
@@ -134,9 +139,42 @@ def sweep_run(run: RunDir, criterion: str = "all", count: int | None = None, thr
     outputs = artifacts.read_outputs(run)
     if thresholds is not None:
         thresholds = threshold_matrix(thresholds, outputs.num_exits - 1)
-    result = sweep_outputs(outputs.splits, outputs.exit_macs, outputs.plain_macs, criterion, thresholds,
-                           DEFAULT_THRESHOLD_COUNT if count is None else count, target)
+    count = DEFAULT_THRESHOLD_COUNT if count is None else count
+    result = sweep_outputs(outputs.splits, outputs.exit_macs, outputs.plain_macs, criterion, thresholds, count, target)
+    if criterion == "all":  # and every exit policy fitted on this checkpoint's outputs (repro fit-gates)
+        from repro.exit_policy import policy_splits
+
+        for name, policy in artifacts.read_exit_policies(run, outputs.checkpoint_sha256).items():
+            fitted = sweep_outputs(policy_splits(policy, outputs.splits), outputs.exit_macs, outputs.plain_macs,
+                                   "gate", thresholds, count)
+            result = result.with_criterion(fitted, "gate", name)
     artifacts.write_sweep(run, result.rows(), outputs.checkpoint_sha256)
     if result.calibration is not None:
         artifacts.write_calibration(run, {**result.calibration.to_dict(), "checkpoint_sha256": outputs.checkpoint_sha256})
     return result
+
+
+def fit_gates_run(run: RunDir, policies: list[str], cost_weight: float, seed: int):
+    """`repro fit-gates RUN`: fit each policy (repro.exit_policy) on half of the run's validation outputs,
+    store them in exit_policies.json and sweep again (keeping calibration.json's target, if any), so that
+    they appear in sweep.csv beside the built-in criteria. Needs outputs.pt (written by `repro eval` from
+    checkpoint.pt). Returns ({criterion name: FittedPolicy}, the SweepResult)."""
+    from repro.exit_policy import criterion_name, fit_policy, halves
+    from repro.sweep import NoEarlyExits
+
+    outputs = artifacts.read_outputs(run)
+    if outputs.num_exits < 2:
+        raise NoEarlyExits()
+    val = outputs.splits["val"]
+    fit, calibration = halves(val.num_samples, seed)
+    fitted = {criterion_name(policy): fit_policy(policy, val.logits[:, fit], val.targets[fit], outputs.exit_macs,
+                                                 outputs.plain_macs, cost_weight, seed, len(calibration))
+              for policy in policies}
+    if artifacts.checkpoint_sha256(run) not in (None, outputs.checkpoint_sha256):
+        raise ReproError(f"{run.file(rundir.CHECKPOINT)} changed while `repro fit-gates` ran; run it again")
+    artifacts.write_exit_policies(run, outputs.checkpoint_sha256, fitted)
+    try:
+        target = artifacts.read_calibration(run)["target"] if run.has(rundir.CALIBRATION) else None
+    except ReproError:
+        target = None  # a stale or damaged calibration is not this command's to keep
+    return fitted, sweep_run(run, target=target)

@@ -23,7 +23,7 @@ MAC speed-up = plain_macs / mean_macs (the network without exits over the early-
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -403,6 +403,14 @@ class SweepResult:
     final_accuracy: dict[str, float]  # split -> final exit's accuracy
     calibration: Calibration | None
 
+    def with_criterion(self, other: "SweepResult", source: str, name: str) -> "SweepResult":
+        """This result plus `other`'s sweep of criterion `source`, named `name` (a fitted policy's sweep,
+        swept as gates: repro.exit_policy); this result's calibration stays."""
+        renamed = {(split, name): replace(points, criterion=name) for (split, criterion), points in other.points.items()
+                   if criterion == source}
+        pareto = {(split, name): flags for (split, criterion), flags in other.pareto.items() if criterion == source}
+        return replace(self, points={**self.points, **renamed}, pareto={**self.pareto, **pareto})
+
     def rows(self) -> list[dict]:
         """sweep.csv rows: split, criterion, threshold, accuracy, mean_macs, macs_speedup, exit_fractions, pareto."""
         rows = []
@@ -456,3 +464,15 @@ def sweep_outputs(
         calibration = calibrate([points[("val", name)] for name in names], splits, exit_macs, target)
     final_accuracy = {split: splits[split].exit_accuracy()[-1].item() for split in SPLITS}
     return SweepResult(points, pareto, final_accuracy, calibration)
+
+
+def best_within_budget(result: SweepResult, criterion: str, budget: float) -> tuple[float, float, float] | None:
+    """(val accuracy, test accuracy, test MAC speed-up) of `criterion`'s most accurate validation point whose
+    mean MACs are at most `budget` x the plain network's (ties: the cheaper), read on test at the same
+    thresholds; None when no point is that cheap on validation."""
+    val, test = result.points[("val", criterion)], result.points[("test", criterion)]
+    affordable = (val.mean_macs <= budget * val.plain_macs * (1 + TOLERANCE)).nonzero().flatten().tolist()
+    if not affordable:
+        return None
+    best = max(affordable, key=lambda t: (val.accuracy[t].item(), -val.mean_macs[t].item()))
+    return val.accuracy[best].item(), test.accuracy[best].item(), test.macs_speedup[best].item()
