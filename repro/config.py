@@ -52,7 +52,8 @@ def option(default, help: str, panel: str | None, *, choices: str | tuple | None
 
     help: one line, no default in it (the default is shown from the field and RECIPES). panel: the help
     panel, or None for fields filled from the data set. choices: the valid values (a tuple, or the name of
-    a registry: "models", "methods", "datasets", "classifiers", "heads", "mixes", resolved when asked).
+    a registry: "models", "methods", "datasets", "classifiers", "heads", "mixes", "stop_on", resolved when
+    asked).
     flags: the switch pair of a boolean option when not `--name/--no-name`. default_text: what the
     default means when the value None stands for "decided elsewhere" (the model's or the method's default).
     """
@@ -121,6 +122,10 @@ class TrainConfig:
                                       default_text="0")
     final_weight: float | None = option(None, "Soft-output: weight of the final exit's CE", METHOD,
                                         default_text="0")
+    stop_on: str | None = option(None, "Soft-output: what early stopping watches: the loss "
+                                 "(the report's rule; mostly the per-exit CEs, so it picks the epoch for the exits) "
+                                 "or the objective, NLL(f~_1) + lambda x cost alone (for the exit decision)", METHOD,
+                                 choices="stop_on", default_text="loss")
     # filled from the data set
     num_classes: int | None = option(None, "classes of the data set", None)
     in_channels: int | None = option(None, "image channels of the data set", None)
@@ -249,7 +254,12 @@ class TrainConfig:
 def _older_defaults(data: dict) -> dict:
     """A `proposed` run whose config.json leaves an option of the paper's loss unset (None or absent) was
     written before its config recorded the method's defaults, when they were the literal loss's: keep that
-    meaning, so resuming or verifying it trains the loss it was trained with, not today's default."""
+    meaning, so resuming or verifying it trains the loss it was trained with, not today's default. A
+    soft-output run without stop_on was written before the option, when early stopping watched the loss."""
+    from repro.methods import method_option_names
+
+    if data.get("method") in _registry("methods") and "stop_on" in method_option_names(data["method"]):
+        data = {**data, "stop_on": data.get("stop_on") or "loss"}  # older runs: before the option, always the loss
     if data.get("method") != "proposed":
         return data
     from repro.methods import LITERAL_LOSS
@@ -281,7 +291,7 @@ RECIPES: dict[str, dict] = {
 
 # The fields that configure a method's loss; a method that does not take one gets None (config.json says so).
 METHOD_OPTIONS = ("cost_weight", "joint_weight", "mix", "alphas", "detach_confidence", "gate_bias", "gate_detach",
-                  "joint_warmup", "final_weight")
+                  "joint_warmup", "final_weight", "stop_on")
 
 
 # ---------------------------------------------------------------------------------------------- field metadata
@@ -454,4 +464,8 @@ def _registry(name: str) -> tuple[str, ...]:
         from repro.methods import MIXES
 
         return MIXES
+    if name == "stop_on":
+        from repro.methods import STOP_ON
+
+        return STOP_ON
     raise KeyError(name)

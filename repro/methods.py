@@ -76,6 +76,7 @@ from repro.criteria import max_probability, normalised_entropy
 from repro.errors import ReproError, check_name
 
 MIXES = ("probs", "logits")
+STOP_ON = ("loss", "objective")  # what a soft-output method's early stopping watches (SoftOutputMethod.stop_on)
 # Floor for a gate value before taking its log when the gate's logit is not available: log(1e-12) = -27.6,
 # far below any log-probability that matters and far above float32's smallest normal number.
 GATE_FLOOR = 1e-12
@@ -282,6 +283,11 @@ class SoftOutputMethod(Method):
     joint_weight: float = 0.0  # w of w * sum_b CE(f_b)
     joint_warmup: int = 0  # epochs trained on the per-exit CE alone, sum_b CE(f_b), before this loss
     final_weight: float = 0.0  # weight of the final exit's own CE, added to the loss
+    # What early stopping and the checkpoint selection watch on validation (read by the trainer, not the loss):
+    # "loss", the loss trained (the report's rule; with the joint loss mostly the per-exit CEs, so it picks
+    # the epoch for the exits), or "objective", the method's own criterion without the per-exit terms:
+    # NLL(f~_1) (+ lambda x expected cost for proposed), which picks the epoch for the exit decision.
+    stop_on: str = "loss"
     warming_up = False  # not a field (no option): set on the copy `for_epoch` returns during the warm-up
 
     def loss_phase(self, epoch: int) -> int:
@@ -327,7 +333,8 @@ class SoftOutputMethod(Method):
             if self.final_weight:
                 final_ce = exit_ce[-1] if exit_ce[-1].requires_grad else nll(torch.log_softmax(out.logits[-1].float(), dim=1), targets, self.label_smoothing)
                 loss = loss + self.final_weight * final_ce
-        logged = {"soft_nll": soft_nll.detach(), **{name: value.detach() for name, value in terms.items()}}
+        logged = {"soft_nll": soft_nll.detach(), **{name: value.detach() for name, value in terms.items()},
+                  "objective": (soft_nll + extra).detach()}
         logged.update({f"ce_exit{b}": ce.detach() for b, ce in enumerate(exit_ce)})
         return Loss(loss, logged, log_probs.detach())
 
@@ -402,6 +409,8 @@ def get_method(name: str, **options) -> Method:
         options["alphas"] = tuple(float(a) for a in options["alphas"])
     if "mix" in options:
         check_name("mix", options["mix"], MIXES)
+    if "stop_on" in options:
+        check_name("stop on", options["stop_on"], STOP_ON)
     return cls(**options)
 
 

@@ -230,6 +230,7 @@ def validate(model, method, loader, relative_costs: torch.Tensor, accelerator: A
     model.eval()
     device = accelerator.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    objective_sum = None  # soft-output methods: their objective without the per-exit terms (SoftOutputMethod.stop_on)
     correct = None
     correct_method = torch.zeros((), device=device, dtype=torch.int64)
     gate_sums = None
@@ -239,12 +240,14 @@ def validate(model, method, loader, relative_costs: torch.Tensor, accelerator: A
     for x, y in loader:
         with accelerator.autocast():
             out = model(accelerator.prepare(x))
-            loss, _, method_log_probs = method.compute(out, y, relative_costs)
+            loss, terms, method_log_probs = method.compute(out, y, relative_costs)
             gates = method.confidence_gates(out)
             cost = method.expected_cost(out, relative_costs)
         n = y.shape[0]
         images += n
         loss_sum += loss.double() * n
+        if "objective" in terms:
+            objective_sum = terms["objective"].double() * n + (0 if objective_sum is None else objective_sum)
         hits = torch.stack([(f.argmax(dim=1) == y).sum() for f in out.logits])
         correct = hits if correct is None else correct + hits
         correct_method += (method_log_probs.argmax(dim=1) == y).sum()
@@ -258,6 +261,8 @@ def validate(model, method, loader, relative_costs: torch.Tensor, accelerator: A
     if images == 0:
         raise ReproError("the evaluation split is empty; use a larger --subset or --val-fraction")
     stats = {"loss": float(loss_sum) / images}
+    if objective_sum is not None:
+        stats["objective"] = float(objective_sum) / images
     stats.update({f"acc_exit{b}": int(c) / images for b, c in enumerate(correct.tolist())})
     stats["acc_method"] = int(correct_method) / images
     if gate_sums is not None:
@@ -426,7 +431,7 @@ def fit(
         run = rundir.open_run(path)
         run_state = artifacts.read_state(run)
         if run_state.finished:
-            return FitResult(run, config, _finished_state(run, run_state), already_finished=True)
+            return FitResult(run, config, _finished_state(run, run_state, config), already_finished=True)
         if run_state.trained_here_now():
             raise ReproError(f"run {run.path} is being trained by process {run_state.pid} on this machine; "
                              "stop that process first (a second one would write the same files)")
@@ -460,7 +465,7 @@ def fit(
         except KeyboardInterrupt:
             current = artifacts.read_state(run)
             if current.finished:  # the signal came while the last epoch's files were written: the run is done
-                return FitResult(run, config, _finished_state(run, current))
+                return FitResult(run, config, _finished_state(run, current, config))
             interrupted = artifacts.new_state("interrupted", stop.epochs_done, config.epochs)
             artifacts.write_state(run, interrupted)
             rundir.append_log(run, f"interrupted ({stop.signal_name}) during epoch {interrupted.epoch + 1}")
@@ -504,7 +509,7 @@ def run_epochs(training: Training, run: rundir.RunDir, state: TrainingState, com
             message = f"the validation loss became {val['loss']} in epoch {epoch + 1}; stopping (the last good checkpoint is kept)"
             rundir.append_log(run, message)
             raise ReproError(message)
-        state = _next_state(state, config, epoch + 1, val["loss"])
+        state = _next_state(state, config, epoch + 1, val[watched(config)])
         if state.stopped_early and training.method.loss_phase(epoch) != training.method.loss_phase(config.epochs - 1):
             state.stopped_early, state.finished = False, False  # never stop during a warm-up
         last_step = min((epoch + 1) * training.steps_per_epoch, training.total_steps) - 1
@@ -532,15 +537,22 @@ def run_epochs(training: Training, run: rundir.RunDir, state: TrainingState, com
     # state.json): say so before last.pt goes, so a finished run is never mistaken for one to restart.
     artifacts.write_state(run, artifacts.new_state("finished", state.epoch, config.epochs, state.stopped_early))
     if state.stopped_early:
-        rundir.append_log(run, f"early stop: no lower validation loss for {config.patience} epochs; best epoch {state.best_epoch}")
-    rundir.append_log(run, f"finished: checkpoint.pt holds epoch {state.selected_epoch} (val loss {state.selected_val_loss:.4f})")
+        rundir.append_log(run, f"early stop: no lower validation {watched(config)} for {config.patience} epochs; best epoch {state.best_epoch}")
+    rundir.append_log(run, f"finished: checkpoint.pt holds epoch {state.selected_epoch} (val {watched(config)} {state.selected_val_loss:.4f})")
     # Nothing resumes a finished run: drop the training state (model + optimizer, ~3x the checkpoint).
     run.file(rundir.LAST).unlink(missing_ok=True)
     return state
 
 
+def watched(config: TrainConfig) -> str:
+    """The validation quantity early stopping and the checkpoint selection watch: "loss", or "objective" for a
+    soft-output method asked to (its metrics.csv column val_objective)."""
+    return "objective" if config.stop_on == "objective" else "loss"
+
+
 def _next_state(state: TrainingState, config: TrainConfig, epoch: int, val_loss: float) -> TrainingState:
-    """Early-stopping and selection counters after `epoch` (1-based) with validation loss `val_loss`."""
+    """Early-stopping and selection counters after `epoch` (1-based) with validation loss `val_loss` (the
+    quantity `watched(config)` names; the TrainingState fields keep the name "val_loss" for either)."""
     state = replace(state, epoch=epoch)
     if val_loss < state.best_val_loss:
         state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
@@ -553,11 +565,12 @@ def _next_state(state: TrainingState, config: TrainConfig, epoch: int, val_loss:
     return state
 
 
-def _finished_state(run: rundir.RunDir, run_state: artifacts.RunState) -> TrainingState:
+def _finished_state(run: rundir.RunDir, run_state: artifacts.RunState, config: TrainConfig) -> TrainingState:
     """The counters of a finished run, from its metrics.csv and checkpoint (its last.pt is gone)."""
     rows = artifacts.read_metrics(run) if run.has(rundir.METRICS) else []
     checkpoint = artifacts.read_checkpoint(run) if run.has(rundir.CHECKPOINT) else None
-    losses = [row["val_loss"] for row in rows]
+    column = f"val_{watched(config)}"
+    losses = [row[column] for row in rows if isinstance(row.get(column), float)]
     best = min(range(len(losses)), key=losses.__getitem__) + 1 if losses else 0
     return TrainingState(epoch=run_state.epoch, best_val_loss=min(losses, default=math.inf), best_epoch=best,
                          selected_epoch=checkpoint.epoch if checkpoint else 0,
@@ -641,6 +654,8 @@ def _metrics_row(epoch: int, train: dict, val: dict, costs, lr: float) -> dict:
     row.update({f"train_{name}": value for name, value in train.items()
                 if name not in ("loss", "images", "seconds") and not name.startswith("grad_exit")})
     row["val_loss"] = val["loss"]
+    if "objective" in val:
+        row["val_objective"] = val["objective"]
     row.update({f"val_acc_exit{b}": val[f"acc_exit{b}"] for b in range(num_exits)})
     row["val_acc_method"] = val["acc_method"]
     row.update({f"gate_mean_exit{b}": val.get(f"gate_mean_exit{b}", "") for b in range(num_exits - 1)})
@@ -668,9 +683,10 @@ def describe_epoch(row: dict) -> str:
     gates = " ".join(f"{row[k]:.2f}" for k in row if k.startswith("gate_mean_exit") and row[k] not in (None, ""))
     routes = " ".join(f"{row[k]:.2f}" for k in row if k.startswith("route_exit") and row[k] not in (None, ""))
     grads = " ".join(f"{row[k]:.2g}" for k in row if k.startswith("grad_exit") and row[k] not in (None, ""))
+    objective = row.get("val_objective")
     return (
         f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}{'  ' + terms if terms else ''}  "
-        f"val loss {row['val_loss']:.4f}  val acc {100 * row['val_acc_method']:.2f}%  exits [{exits}]"
+        f"val loss {row['val_loss']:.4f}{f'  val objective {objective:.4f}' if isinstance(objective, float) else ''}  val acc {100 * row['val_acc_method']:.2f}%  exits [{exits}]"
         f"{f'  gates [{gates}]' if gates else ''}{f'  route [{routes}]' if routes else ''}"
         f"{f'  grad [{grads}]' if grads else ''}  cost {row['cost_vs_final']:.3f}x final = {row['macs_vs_plain']:.3f}x plain  "
         f"lr {row['lr']:.3g}  {row['images_per_second']:,.0f} img/s"

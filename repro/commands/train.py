@@ -39,7 +39,7 @@ def train(
     from repro.errors import ReproError
     from repro.parsing import number_list
     from repro.plan import PlannedRun, plan_runs
-    from repro.trainer import fit, resume_config
+    from repro.trainer import fit, resume_config, watched
 
     recipe = options.pop("recipe")
     torch_device = select_device(device)
@@ -71,7 +71,7 @@ def train(
             continue
         selected = next((row for row in state.rows if row["epoch"] == state.selected_epoch), state.rows[-1])
         say(f"[green]done[/] {result.run.path}: checkpoint.pt = epoch {state.selected_epoch} "
-            f"(val loss {state.selected_val_loss:.4f}, val acc {selected['val_acc_method']:.2%})"
+            f"(val {watched(config)} {selected[f'val_{watched(config)}']:.4f}, val acc {selected['val_acc_method']:.2%})"
             f"{', stopped early' if state.stopped_early else ''}")
 
 
