@@ -38,6 +38,7 @@ from repro import criteria
 from repro.errors import ReproError, check_name
 
 POLICIES = ("gate", "features")
+DEFAULT_COST_WEIGHT = 0.1  # lambda of the policies' objective: method proposed's default
 CRITERION_PREFIX = "fitted-"  # the criterion a fitted policy appears as in sweep.csv: fitted-gate, fitted-features
 FEATURES = ("top_probability", "margin", "confidence", "agrees_with_previous")  # confidence = 1 - normalised entropy
 L2 = 1e-4  # on the standardised features' weights

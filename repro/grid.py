@@ -29,6 +29,8 @@ place:
     timing_images = 1000
     sweep = { max_drop = 1.0 }             # `repro sweep --max-drop 1`; {} = sweep without calibration;
                                            # false = no sweep; or { budget = 0.5 }
+    fit_gates = false                      # `repro fit-gates` after the sweep (both policies, lambda 0.1,
+                                           # seed 0): criteria fitted-gate and fitted-features
 
 Cell names come from the values of the options that vary across the grid, in a fixed order (model, method,
 dataset, then other options, seed last): `vgg13-bnet-cifar10-jpeg-seed0`, plus `cost_weight0.1` when that
@@ -53,7 +55,7 @@ PRESETS = "repro.grids"
 # Axis order in cell names: the three that every reproduction varies first, seed last.
 NAME_ORDER = ("model", "method", "dataset")
 TOP_LEVEL_KEYS = {"name", "description", "output", "report", "options", "axes", "blocks", "steps", "slurm"}
-STEP_KEYS = {"eval", "timing", "timing_images", "sweep"}
+STEP_KEYS = {"eval", "timing", "timing_images", "sweep", "fit_gates"}
 SLURM_KEYS = {"partition", "gpus_per_job", "cpus_per_job", "time", "mem"}
 
 
@@ -65,6 +67,7 @@ class Steps:
     timing: bool = False
     timing_images: int = 1000
     sweep: dict | None = field(default_factory=lambda: {"max_drop": 1.0})  # calibration target; {} = sweep only; None = no sweep
+    fit_gates: bool = False  # exit policies fitted on held-out validation (repro fit-gates), swept as criteria
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ def _check_option(key: str, value, where: str, what: str) -> None:
 def _steps(values, label: str) -> Steps:
     if not isinstance(values, dict) or set(values) - STEP_KEYS:
         raise ReproError(f"{label} [steps]: keys are {', '.join(sorted(STEP_KEYS))}")
-    for key in ("eval", "timing"):
+    for key in ("eval", "timing", "fit_gates"):
         if key in values and not isinstance(values[key], bool):
             raise ReproError(f"{label} [steps]: {key} must be true or false, got {values[key]!r}")
     sweep = values.get("sweep", {"max_drop": 1.0})
@@ -203,9 +206,12 @@ def _steps(values, label: str) -> Steps:
     timing_images = values.get("timing_images", 1000)
     if isinstance(timing_images, bool) or not isinstance(timing_images, int) or timing_images < 1:
         raise ReproError(f"{label} [steps]: timing_images must be a positive integer, got {timing_images!r}")
-    steps = Steps(bool(values.get("eval", True)), bool(values.get("timing", False)), timing_images, sweep)
+    steps = Steps(bool(values.get("eval", True)), bool(values.get("timing", False)), timing_images, sweep,
+                  bool(values.get("fit_gates", False)))
     if (steps.timing or steps.sweep is not None) and not steps.eval:
         raise ReproError(f"{label} [steps]: timing and sweep need eval = true (they read its outputs)")
+    if steps.fit_gates and steps.sweep is None:
+        raise ReproError(f"{label} [steps]: fit_gates needs a sweep (its policies are swept as criteria)")
     return steps
 
 

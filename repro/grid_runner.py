@@ -37,7 +37,7 @@ FILLED_IN = ("data_dir", "num_classes", "in_channels", "image_size")
 class CellPlan:
     cell: Cell
     train: str | None  # "new" | "resume" | None (no training: finished, or the cell cannot run, see error)
-    steps: list[str]  # what runs: "train", "eval", "sweep", "timing"
+    steps: list[str]  # what runs: "train", "eval", "sweep", "fit-gates", "timing"
     note: str = ""  # e.g. "resume after epoch 3/30"
     error: str | None = None  # the cell cannot run (its folder holds another run)
 
@@ -81,7 +81,9 @@ def config_difference(cell: Cell, saved) -> list[str]:
 def plan_cell(cell: Cell, steps: Steps) -> CellPlan:
     """What `cell` needs."""
     run = rundir.RunDir(cell.path)
-    wanted = ["eval"] * steps.eval + ["sweep"] * (steps.sweep is not None and cell.config.method != "baseline") + ["timing"] * steps.timing
+    exits = cell.config.method != "baseline"
+    wanted = (["eval"] * steps.eval + ["sweep"] * (steps.sweep is not None and exits)
+              + ["fit-gates"] * (steps.fit_gates and exits) + ["timing"] * steps.timing)
     if not rundir.is_run_dir(cell.path):
         if cell.path.exists() and (not cell.path.is_dir() or any(cell.path.iterdir())):
             return CellPlan(cell, None, [], error=f"{cell.path} exists and is not a run directory; move it away")
@@ -118,7 +120,8 @@ def plan_cell(cell: Cell, steps: Steps) -> CellPlan:
 def _current(run: rundir.RunDir, step: str, steps: Steps) -> bool:
     """Whether a step's result is present, readable and of the run's checkpoint (and, for a sweep, of the
     requested calibration target)."""
-    readers = {"eval": artifacts.read_eval, "timing": artifacts.read_timing, "sweep": artifacts.read_sweep}
+    readers = {"eval": artifacts.read_eval, "timing": artifacts.read_timing, "sweep": artifacts.read_sweep,
+               "fit-gates": _read_fitted_policies}
     try:
         readers[step](run)
         if step == "sweep" and steps.sweep:
@@ -126,6 +129,17 @@ def _current(run: rundir.RunDir, step: str, steps: Steps) -> bool:
     except ReproError:
         return False
     return True
+
+
+def _read_fitted_policies(run: rundir.RunDir) -> None:
+    """Both exit policies of `repro fit-gates`, fitted on this checkpoint's outputs and swept (ReproError if not)."""
+    from repro.exit_policy import POLICIES, criterion_name
+
+    sha = artifacts.checkpoint_sha256(run) or artifacts.sweep_checkpoint(run)
+    wanted = {criterion_name(policy) for policy in POLICIES}
+    swept = {row["criterion"] for row in artifacts.read_sweep(run)}
+    if sha is None or not wanted <= set(artifacts.read_exit_policies(run, sha)) or not wanted <= swept:
+        raise ReproError(f"run {run.path} has no current exit policies")
 
 
 # ---------------------------------------------------------------------------------------------- one cell
@@ -138,7 +152,8 @@ def run_cell(cell: Cell, steps: Steps, device: str = "cpu", progress=None, threa
     import torch
 
     from repro.environment import select_device
-    from repro.steps import evaluate_run, sweep_run
+    from repro.exit_policy import DEFAULT_COST_WEIGHT, POLICIES
+    from repro.steps import evaluate_run, fit_gates_run, sweep_run
     from repro.trainer import TrainingInterrupted, fit, resume_config
 
     if threads is not None:
@@ -162,6 +177,8 @@ def run_cell(cell: Cell, steps: Steps, device: str = "cpu", progress=None, threa
             evaluate_run(run, device=device)
         if "sweep" in todo:
             sweep_run(run, target=steps.sweep or None)
+        if "fit-gates" in todo:  # it sweeps again, keeping the calibration target
+            fit_gates_run(run, list(POLICIES), DEFAULT_COST_WEIGHT, seed=0)
     except TrainingInterrupted:
         raise  # Ctrl-C or SIGTERM stops the grid, not just this cell; a rerun continues it
     except ReproError as error:

@@ -142,6 +142,7 @@ def test_presets_expand(tmp_path):
     ("[axes]\nmethod = [\"bnet\"]\n[steps]\nsweep = { max_drop = \"1\" }\n", 1, "sweep is { max_drop = D }"),
     ("[axes]\nmethod = [\"bnet\"]\n[slurm]\nmem = \"16G\"\n", 1, "mem must be a number"),
     ("[axes]\nmethod = [\"bnet\"]\n[steps]\ntiming = \"no\"\n", 1, "timing must be true or false"),
+    ("[axes]\nmethod = [\"bnet\"]\n[steps]\nfit_gates = true\nsweep = false\n", 1, "fit_gates needs a sweep"),
 ])
 def test_bad_grid_files_are_one_line(tmp_path, body, exit_code, message):
     path = tmp_path / "bad.toml"
@@ -247,6 +248,30 @@ def test_a_timing_file_of_an_older_repro_is_timed_again(finished_grid, tmp_path)
     (cell,) = [c for c in grid.cells if c.name == "bnet"]
     moved = cell.__class__(cell.name, cell.options, cell.config, copy / "bnet")
     assert plan_cell(moved, grid.steps).steps == ["timing"]
+
+
+def test_the_fit_gates_step_fits_both_policies_once_and_sweeps_them(finished_grid, tmp_path):
+    import shutil
+
+    from repro import artifacts
+
+    folder, _, _ = finished_grid
+    path = write_grid(tmp_path, TINY + '[axes]\nmethod = ["bnet"]\n[steps]\nfit_gates = true\n')
+    grid = load_grid(str(path))
+    (cell,) = grid.cells
+    shutil.copytree(folder / "out" / "bnet", cell.path)  # the finished grid's bnet, trained, evaluated and swept
+    assert plan_cell(cell, grid.steps).steps == ["fit-gates"]  # trained, evaluated and swept already
+    result = invoke(path, "--no-report")
+    assert result.exit_code == 0, result.output
+    run = rundir.RunDir(cell.path)
+    sha = artifacts.checkpoint_sha256(run)
+    assert set(artifacts.read_exit_policies(run, sha)) == {"fitted-gate", "fitted-features"}
+    assert {"fitted-gate", "fitted-features", "entropy"} <= {row["criterion"] for row in artifacts.read_sweep(run)}
+    assert artifacts.read_calibration(run)["target"] == {"max_drop": 1.0}  # the grid's target kept
+    assert plan_cell(cell, grid.steps).done
+    # Without its checkpoint (a committed results folder) the fitted policies still count as current.
+    shutil.copytree(cell.path, tmp_path / "committed" / "bnet", ignore=shutil.ignore_patterns("*.pt"))
+    assert plan_cell(cell.__class__(cell.name, cell.options, cell.config, tmp_path / "committed" / "bnet"), grid.steps).done
 
 
 def test_a_changed_option_is_an_error_for_that_cell_never_an_overwrite(finished_grid):
