@@ -126,10 +126,12 @@ def save_torch(path: Path, obj) -> None:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write rows (dicts with the same keys, in order) as CSV, atomically."""
+    """Write rows as CSV, atomically. Columns: every key of every row, in first-seen order, empty where a row
+    lacks one (a run resumed from a last.pt of an older repro has rows without the columns added since)."""
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()), lineterminator="\n")
+        fieldnames = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(buffer, fieldnames=fieldnames, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(_jsonable(rows))
     atomic_write_text(path, buffer.getvalue())

@@ -73,3 +73,14 @@ def test_the_objective_is_the_loss_without_the_per_exit_terms(tmp_path):
     row = joint.rows[0]
     assert row["val_loss"] > row["val_objective"] + 1.0
     assert row["train_loss"] == pytest.approx(row["train_objective"] + sum(row[f"train_ce_exit{b}"] for b in range(3)), rel=1e-4)
+
+
+def test_metrics_of_a_run_resumed_across_a_new_column_are_written(tmp_path):
+    # Rows kept in a last.pt written before val_objective existed, then rows with it: both are kept, the
+    # older rows' new cells empty (write_csv once raised "dict contains fields not in fieldnames" here).
+    rows = [{"epoch": 1, "train_loss": 2.0, "val_loss": 1.5, "val_acc_method": 0.3},
+            {"epoch": 2, "train_loss": 1.8, "val_loss": 1.4, "val_objective": 0.9, "val_acc_method": 0.4}]
+    rundir.write_csv(tmp_path / "metrics.csv", rows)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,val_loss,val_acc_method,val_objective"
+    assert lines[1].endswith(",") and lines[2].endswith(",0.9")
