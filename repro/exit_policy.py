@@ -21,8 +21,14 @@ in what they are trained for:
   MACs. Unlike the paper's gate, which reads the exit's feature map, this one reads the exit's output, so
   that it applies to any trained network (bnet's too) from outputs.pt alone.
 - `features`: supervised on whether leaving at b loses nothing against the final exit (b is right, or the
-  final exit is wrong too), by binary cross-entropy, each sample of exit b weighted 1 + lambda x the
-  fraction of the plain network's MACs leaving there saves.
+  final exit is wrong too), by binary cross-entropy in which each sample that could leave at b without loss
+  weighs 1 + lambda x the fraction of the plain network's MACs leaving there saves (so lambda makes leaving
+  early more attractive where it saves more; each exit has its own weights, so a weight on every sample of
+  an exit alike would change nothing).
+
+In both, cost is counted in the plain network's MACs, the unit of the report's budgets; method proposed
+counts it in the final exit's cumulative MACs (the plain network plus every early head: 1.16x plain for
+VGG-13 with three exits, 1.72-1.78x with nine), so the same lambda weighs cost that much less there.
 
 Both are fitted by full-batch L-BFGS in float64 from zero weights (no randomness but the halves' seed), with
 a small L2 penalty so that a separable case still has one answer.
@@ -30,6 +36,7 @@ a small L2 penalty so that a separable case still has one answer.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +66,15 @@ def halves(num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order[:cut].sort().values, order[cut:].sort().values
 
 
+def halves_digest(fit: torch.Tensor, targets: torch.Tensor) -> str:
+    """sha256 of the fit half's indices and of every validation target: equal sizes alone would not show a
+    permutation that changed (a PyTorch whose randperm differs) or validation data that did."""
+    digest = hashlib.sha256()
+    digest.update(fit.to(torch.int64).numpy().tobytes())
+    digest.update(targets.to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def exit_features(logits: torch.Tensor) -> torch.Tensor:
     """float64 [E-1, N, 4] from every exit's logits [E, N, C]: the features of FEATURES at each early exit."""
     early = logits[:-1].double()
@@ -85,6 +101,8 @@ class FittedPolicy:
     fit_samples: int
     calibration_samples: int
 
+    halves_sha256: str | None = None  # of the fit half's indices and targets (halves_digest); None: not recorded
+
     @property
     def criterion(self) -> str:
         return criterion_name(self.policy)
@@ -97,7 +115,7 @@ class FittedPolicy:
         return {"policy": self.policy, "cost_weight": self.cost_weight, "seed": self.seed, "features": list(FEATURES),
                 "mean": self.mean.tolist(), "std": self.std.tolist(), "weight": self.weight.tolist(),
                 "bias": self.bias.tolist(), "loss": self.loss, "fit_samples": self.fit_samples,
-                "calibration_samples": self.calibration_samples}
+                "calibration_samples": self.calibration_samples, "halves_sha256": self.halves_sha256}
 
     @classmethod
     def from_dict(cls, data: dict) -> "FittedPolicy":
@@ -111,7 +129,8 @@ class FittedPolicy:
                 or tensors["bias"].shape != (exits,) or not all(t.isfinite().all() for t in tensors.values()):
             raise ValueError("weights of inconsistent shapes or not finite")
         return cls(data["policy"], float(data["cost_weight"]), int(data["seed"]), **tensors, loss=float(data["loss"]),
-                   fit_samples=int(data["fit_samples"]), calibration_samples=int(data["calibration_samples"]))
+                   fit_samples=int(data["fit_samples"]), calibration_samples=int(data["calibration_samples"]),
+                   halves_sha256=None if data.get("halves_sha256") is None else str(data["halves_sha256"]))
 
 
 def _logit(features, mean, std, weight, bias) -> torch.Tensor:
@@ -138,8 +157,9 @@ def lossless_exit_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.
 
 
 def fit_policy(policy: str, logits: torch.Tensor, targets: torch.Tensor, exit_macs: torch.Tensor, plain_macs: float,
-               cost_weight: float, seed: int, calibration_samples: int = 0) -> FittedPolicy:
-    """Fit `policy` on these samples (the fit half): logits [E, N, C], targets [N], exit_macs [E] cumulative."""
+               cost_weight: float, seed: int, calibration_samples: int = 0, halves_sha256: str | None = None) -> FittedPolicy:
+    """Fit `policy` on these samples (the fit half): logits [E, N, C], targets [N], exit_macs [E] cumulative;
+    halves_sha256 records which half it was (halves_digest), for policy_splits to check."""
     check_name("policy", policy, POLICIES)
     if logits.shape[0] < 2:
         raise ReproError("the run has no early exits (one classifier): there is no exit decision to fit")
@@ -159,7 +179,7 @@ def fit_policy(policy: str, logits: torch.Tensor, targets: torch.Tensor, exit_ma
     else:
         wanted = lossless_exit_targets(logits, targets)
         saving = (relative_cost[-1] - relative_cost[:-1]).clamp_min(0.0)  # [E-1]
-        sample_weight = (1.0 + cost_weight * saving)[:, None].expand_as(wanted)
+        sample_weight = 1.0 + cost_weight * saving[:, None] * wanted  # only leaving is rewarded for what it saves
 
         def objective():
             raw = _logit(features, mean, std, weight, bias)
@@ -181,7 +201,7 @@ def fit_policy(policy: str, logits: torch.Tensor, targets: torch.Tensor, exit_ma
     with torch.no_grad():
         loss = float(objective())
     return FittedPolicy(policy, float(cost_weight), int(seed), mean, std, weight.detach().clone(), bias.detach().clone(),
-                        loss, int(targets.shape[0]), int(calibration_samples))
+                        loss, int(targets.shape[0]), int(calibration_samples), halves_sha256)
 
 
 def policy_splits(policy: FittedPolicy, splits: dict) -> dict:
@@ -195,5 +215,9 @@ def policy_splits(policy: FittedPolicy, splits: dict) -> dict:
         raise ReproError(f"the {policy.criterion} policy was fitted on {policy.fit_samples} of "
                          f"{policy.fit_samples + policy.calibration_samples} validation samples, but outputs.pt has "
                          f"{val.num_samples}; fit it again with `repro fit-gates`")
+    if policy.halves_sha256 is not None and policy.halves_sha256 != halves_digest(fit, val.targets):
+        raise ReproError(f"the {policy.criterion} policy was fitted on another half of validation than seed "
+                         f"{policy.seed} cuts from outputs.pt now (other samples or another PyTorch's permutation); "
+                         "fit it again with `repro fit-gates`")
     held_out = SplitOutputs(val.logits[:, calibration], policy.scores(val.logits[:, calibration]), val.targets[calibration])
     return {"val": held_out, "test": SplitOutputs(test.logits, policy.scores(test.logits), test.targets)}

@@ -114,7 +114,11 @@ def plan_cell(cell: Cell, steps: Steps) -> CellPlan:
         here = resolve_precision("auto", torch.device("cpu"))
         if saved.precision != here:
             note += f"; trained in {saved.precision}, auto would be {here} on this machine's CPU"
-    return CellPlan(cell, None, [step for step in wanted if not _current(run, step, steps)], note)
+    todo = [step for step in wanted if not _current(run, step, steps)]
+    if "fit-gates" in todo and not _can_fit_gates(run):
+        todo.remove("fit-gates")
+        note += "; no exit policies fitted: neither checkpoint.pt nor outputs.pt is here (train it again to fit them)"
+    return CellPlan(cell, None, todo, note)
 
 
 def _current(run: rundir.RunDir, step: str, steps: Steps) -> bool:
@@ -132,14 +136,31 @@ def _current(run: rundir.RunDir, step: str, steps: Steps) -> bool:
 
 
 def _read_fitted_policies(run: rundir.RunDir) -> None:
-    """Both exit policies of `repro fit-gates`, fitted on this checkpoint's outputs and swept (ReproError if not)."""
-    from repro.exit_policy import POLICIES, criterion_name
+    """Both exit policies of `repro fit-gates` as the grid fits them (lambda DEFAULT_COST_WEIGHT, seed 0), fitted
+    on this checkpoint's outputs and swept (ReproError if not). In a committed folder (no checkpoint.pt) the
+    checkpoint is the one sweep.csv records, or else the one exit_policies.json itself records."""
+    from repro.exit_policy import DEFAULT_COST_WEIGHT, POLICIES, criterion_name
 
-    sha = artifacts.checkpoint_sha256(run) or artifacts.sweep_checkpoint(run)
+    sha = artifacts.checkpoint_sha256(run) or artifacts.sweep_checkpoint(run) or _policies_checkpoint(run)
     wanted = {criterion_name(policy) for policy in POLICIES}
     swept = {row["criterion"] for row in artifacts.read_sweep(run)}
-    if sha is None or not wanted <= set(artifacts.read_exit_policies(run, sha)) or not wanted <= swept:
+    fitted = artifacts.read_exit_policies(run, sha) if sha else {}
+    as_the_grid_fits = {name for name, policy in fitted.items() if (policy.cost_weight, policy.seed) == (DEFAULT_COST_WEIGHT, 0)}
+    if not wanted <= as_the_grid_fits or not wanted <= swept:
         raise ReproError(f"run {run.path} has no current exit policies")
+
+
+def _policies_checkpoint(run: rundir.RunDir) -> str | None:
+    try:
+        recorded = rundir.read_json(run.file(rundir.EXIT_POLICIES)).get("checkpoint_sha256")
+    except (ReproError, OSError, AttributeError):  # missing, damaged, or not an object: no checkpoint to tell
+        return None
+    return recorded if isinstance(recorded, str) else None
+
+
+def _can_fit_gates(run: rundir.RunDir) -> bool:
+    """fit-gates reads outputs.pt, which eval writes from checkpoint.pt: a committed folder keeps neither."""
+    return run.has(rundir.OUTPUTS) or run.has(rundir.CHECKPOINT)
 
 
 # ---------------------------------------------------------------------------------------------- one cell
@@ -175,8 +196,8 @@ def run_cell(cell: Cell, steps: Steps, device: str = "cpu", progress=None, threa
         run = rundir.RunDir(cell.path)
         if "eval" in todo:
             evaluate_run(run, device=device)
-        if "sweep" in todo:
-            sweep_run(run, target=steps.sweep or None)
+        if "sweep" in todo:  # fit-gates, if it follows, replaces the policies and sweeps them: skip the old ones
+            sweep_run(run, target=steps.sweep or None, fitted="fit-gates" not in todo)
         if "fit-gates" in todo:  # it sweeps again, keeping the calibration target
             fit_gates_run(run, list(POLICIES), DEFAULT_COST_WEIGHT, seed=0)
     except TrainingInterrupted:

@@ -126,11 +126,12 @@ def _time_run(run: RunDir, n_images: int, batch_size: int, device: str) -> dict:
     return timing
 
 
-def sweep_run(run: RunDir, criterion: str = "all", count: int | None = None, thresholds=None, target: dict | None = None):
+def sweep_run(run: RunDir, criterion: str = "all", count: int | None = None, thresholds=None, target: dict | None = None,
+              fitted: bool = True):
     """`repro sweep` for one run directory: outputs.pt -> sweep.csv (+ calibration.json when a target is given).
-    With criterion "all", the exit policies fitted on the same outputs (exit_policies.json) are swept too;
-    the calibration chooses among the built-in criteria only, so fitting a policy never moves the run's
-    operating point.
+    With criterion "all" (and `fitted`), the exit policies fitted on the same outputs (exit_policies.json)
+    are swept too; the calibration chooses among the built-in criteria only, so fitting a policy never moves
+    the run's operating point.
 
     thresholds: None (a grid of `count` fitted on validation) or a float64 matrix [T, E-1] already parsed.
     """
@@ -141,7 +142,7 @@ def sweep_run(run: RunDir, criterion: str = "all", count: int | None = None, thr
         thresholds = threshold_matrix(thresholds, outputs.num_exits - 1)
     count = DEFAULT_THRESHOLD_COUNT if count is None else count
     result = sweep_outputs(outputs.splits, outputs.exit_macs, outputs.plain_macs, criterion, thresholds, count, target)
-    if criterion == "all":  # and every exit policy fitted on this checkpoint's outputs (repro fit-gates)
+    if criterion == "all" and fitted:  # and every exit policy fitted on this checkpoint's outputs (repro fit-gates)
         from repro.exit_policy import policy_splits
 
         for name, policy in artifacts.read_exit_policies(run, outputs.checkpoint_sha256).items():
@@ -159,7 +160,7 @@ def fit_gates_run(run: RunDir, policies: list[str], cost_weight: float, seed: in
     store them in exit_policies.json and sweep again (keeping calibration.json's target, if any), so that
     they appear in sweep.csv beside the built-in criteria. Needs outputs.pt (written by `repro eval` from
     checkpoint.pt). Returns ({criterion name: FittedPolicy}, the SweepResult)."""
-    from repro.exit_policy import criterion_name, fit_policy, halves
+    from repro.exit_policy import criterion_name, fit_policy, halves, halves_digest
     from repro.sweep import NoEarlyExits
 
     outputs = artifacts.read_outputs(run)
@@ -168,7 +169,8 @@ def fit_gates_run(run: RunDir, policies: list[str], cost_weight: float, seed: in
     val = outputs.splits["val"]
     fit, calibration = halves(val.num_samples, seed)
     fitted = {criterion_name(policy): fit_policy(policy, val.logits[:, fit], val.targets[fit], outputs.exit_macs,
-                                                 outputs.plain_macs, cost_weight, seed, len(calibration))
+                                                 outputs.plain_macs, cost_weight, seed, len(calibration),
+                                                 halves_digest(fit, val.targets))
               for policy in policies}
     if artifacts.checkpoint_sha256(run) not in (None, outputs.checkpoint_sha256):
         raise ReproError(f"{run.file(rundir.CHECKPOINT)} changed while `repro fit-gates` ran; run it again")

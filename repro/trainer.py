@@ -505,8 +505,9 @@ def run_epochs(training: Training, run: rundir.RunDir, state: TrainingState, com
             rundir.append_log(run, f"epoch {epoch + 1}: stopped: {error}")
             raise
         val = validate(runner, method, training.val_loader, training.relative_costs, training.accelerator)
-        if not math.isfinite(val["loss"]):
-            message = f"the validation loss became {val['loss']} in epoch {epoch + 1}; stopping (the last good checkpoint is kept)"
+        bad = next((name for name in ("loss", watched(config)) if not math.isfinite(val[name])), None)
+        if bad is not None:
+            message = f"the validation {bad} became {val[bad]} in epoch {epoch + 1}; stopping (the last good checkpoint is kept)"
             rundir.append_log(run, message)
             raise ReproError(message)
         state = _next_state(state, config, epoch + 1, val[watched(config)])
@@ -566,15 +567,23 @@ def _next_state(state: TrainingState, config: TrainConfig, epoch: int, val_loss:
 
 
 def _finished_state(run: rundir.RunDir, run_state: artifacts.RunState, config: TrainConfig) -> TrainingState:
-    """The counters of a finished run, from its metrics.csv and checkpoint (its last.pt is gone)."""
+    """The counters of a finished run, from its metrics.csv and checkpoint (its last.pt is gone): the best
+    epoch among those of the last loss phase (a warm-up's losses measure another loss, as in run_epochs),
+    each epoch by its own row's number, and the watched quantity of the epoch checkpoint.pt holds."""
     rows = artifacts.read_metrics(run) if run.has(rundir.METRICS) else []
     checkpoint = artifacts.read_checkpoint(run) if run.has(rundir.CHECKPOINT) else None
+    from repro.methods import get_method
+
     column = f"val_{watched(config)}"
-    losses = [row[column] for row in rows if isinstance(row.get(column), float)]
-    best = min(range(len(losses)), key=losses.__getitem__) + 1 if losses else 0
-    return TrainingState(epoch=run_state.epoch, best_val_loss=min(losses, default=math.inf), best_epoch=best,
-                         selected_epoch=checkpoint.epoch if checkpoint else 0,
-                         selected_val_loss=checkpoint.val_loss if checkpoint else math.inf,
+    method = get_method(config.method, **config.method_options())
+    last_phase = method.loss_phase(config.epochs - 1)
+    watched_at = {int(row["epoch"]): row[column] for row in rows
+                  if isinstance(row.get(column), float) and isinstance(row.get("epoch"), (int, float))}
+    candidates = {epoch: value for epoch, value in watched_at.items() if method.loss_phase(epoch - 1) == last_phase}
+    best = min(candidates, key=lambda epoch: (candidates[epoch], epoch), default=0)
+    selected = checkpoint.epoch if checkpoint else 0
+    return TrainingState(epoch=run_state.epoch, best_val_loss=candidates.get(best, math.inf), best_epoch=best,
+                         selected_epoch=selected, selected_val_loss=watched_at.get(selected, math.inf),
                          rows=rows, finished=True, stopped_early=run_state.stopped_early)
 
 

@@ -105,6 +105,19 @@ def test_the_fitted_gate_with_lambda_0_sends_everything_to_an_exit_that_is_alway
     assert fitted.scores(swapped).min() > 0.95
 
 
+def test_lambda_makes_the_feature_policy_leave_more_where_leaving_saves():
+    # Each exit has its own weights, so lambda must weigh the samples that could leave, not every sample of an
+    # exit alike (which once left the fit exactly as it was at any lambda).
+    split = random_split(5, 300, 6, seed=3, gates=False)
+    scores = {cost_weight: fit_policy("features", split.logits, split.targets, torch.tensor(EXIT_MACS), PLAIN_MACS,
+                                      cost_weight, seed=0).scores(split.logits)
+              for cost_weight in (0.0, 1.0, 10.0)}
+    means = [scores[cost_weight].mean(dim=1) for cost_weight in (0.0, 1.0, 10.0)]
+    assert (means[1] > means[0]).all() and (means[2] > means[1]).all()
+    # The saving shrinks towards the final exit (here 90 of 90 MACs saved at exit 0, 30 at exit 3): so does the push.
+    assert (means[2] - means[0])[0] > (means[2] - means[0])[3]
+
+
 def test_fitting_is_deterministic():
     split = random_split(5, 300, 6, seed=3, gates=False)
     first = fit_policy("gate", split.logits, split.targets, torch.tensor(EXIT_MACS), PLAIN_MACS, 0.1, seed=0)
@@ -154,6 +167,16 @@ def test_fit_gates_adds_both_policies_to_the_sweep_swept_on_the_half_they_were_n
     assert again.exit_code == 0 and {r["criterion"] for r in read_sweep_csv(run)} >= {"fitted-gate", "fitted-features"}
 
 
+def test_policies_fitted_on_another_half_than_the_seed_now_cuts_are_refused(run, monkeypatch):
+    # Same sizes, other samples (as a PyTorch whose randperm differs would give): the stored digest says so.
+    assert invoke("fit-gates", run.path).exit_code == 0
+    real = exit_policy.halves
+    monkeypatch.setattr(exit_policy, "halves", lambda n, seed: tuple(half.flip(0).roll(1) for half in real(n, seed + 1)))
+    result = invoke("sweep", run.path)
+    assert result.exit_code == 1 and "fitted on another half of validation" in one_line(result)
+    assert "repro fit-gates" in one_line(result) and "Traceback" not in result.output
+
+
 def test_fit_gates_one_policy_keeps_the_other(run):
     assert invoke("fit-gates", run.path, "--policy", "features").exit_code == 0
     assert invoke("fit-gates", run.path, "--policy", "gate", "--lambda", 0.5).exit_code == 0
@@ -171,7 +194,8 @@ def test_policies_of_another_checkpoint_are_left_out_of_the_sweep(run):
 
 
 def test_fit_gates_refuses_what_it_cannot_use_in_one_line(run, tmp_path):
-    for args, words in [(["--policy", "oracle"], "policy"), (["--lambda", -1], "--lambda"), (["--lambda", "nan"], "--lambda")]:
+    for args, words in [(["--policy", "oracle"], "policy"), (["--lambda", -1], "--lambda"), (["--lambda", "nan"], "--lambda"),
+                        (["--seed", 2**63], "--seed"), (["--seed", -1], "--seed")]:
         result = invoke("fit-gates", run.path, *args)
         assert result.exit_code != 0 and words in one_line(result) and "Traceback" not in result.output
     baseline = make_run(tmp_path / "baseline", {"val": random_split(1, 20, 3, 1, gates=False), "test": random_split(1, 20, 3, 2, gates=False)},

@@ -269,9 +269,31 @@ def test_the_fit_gates_step_fits_both_policies_once_and_sweeps_them(finished_gri
     assert {"fitted-gate", "fitted-features", "entropy"} <= {row["criterion"] for row in artifacts.read_sweep(run)}
     assert artifacts.read_calibration(run)["target"] == {"max_drop": 1.0}  # the grid's target kept
     assert plan_cell(cell, grid.steps).done
-    # Without its checkpoint (a committed results folder) the fitted policies still count as current.
-    shutil.copytree(cell.path, tmp_path / "committed" / "bnet", ignore=shutil.ignore_patterns("*.pt"))
-    assert plan_cell(cell.__class__(cell.name, cell.options, cell.config, tmp_path / "committed" / "bnet"), grid.steps).done
+    # Without its checkpoint (a committed results folder) the fitted policies still count as current, also
+    # without sweep.source.json (the checkpoint exit_policies.json records is then the one to match).
+    committed = tmp_path / "committed" / "bnet"
+    shutil.copytree(cell.path, committed, ignore=shutil.ignore_patterns("*.pt"))
+    moved = cell.__class__(cell.name, cell.options, cell.config, committed)
+    assert plan_cell(moved, grid.steps).done
+    (committed / rundir.SWEEP_SOURCE).unlink()
+    assert plan_cell(moved, grid.steps).done
+    # A committed folder fitted before the step existed cannot be fitted (no outputs.pt, no checkpoint.pt): the
+    # plan says so instead of a step that must fail.
+    (committed / rundir.EXIT_POLICIES).unlink()
+    plan = plan_cell(moved, grid.steps)
+    assert plan.done and "no exit policies fitted" in plan.note
+
+    # Policies fitted by hand with another lambda are not the grid's: it fits them again.
+    assert runner.invoke(app, ["fit-gates", str(cell.path), "--lambda", "0.5"]).exit_code == 0
+    assert plan_cell(cell, grid.steps).steps == ["fit-gates"]
+    # A damaged exit_policies.json does not fail the cell: the sweep leaves it out, fit-gates writes it anew.
+    run.file(rundir.EXIT_POLICIES).write_text("{not json")
+    run.file(rundir.SWEEP).unlink()
+    assert plan_cell(cell, grid.steps).steps == ["sweep", "fit-gates"]
+    result = invoke(path, "--no-report")
+    assert result.exit_code == 0, result.output
+    assert plan_cell(cell, grid.steps).done
+    assert {policy.cost_weight for policy in artifacts.read_exit_policies(run, sha).values()} == {0.1}
 
 
 def test_a_changed_option_is_an_error_for_that_cell_never_an_overwrite(finished_grid):

@@ -62,6 +62,27 @@ def test_early_stopping_and_selection_follow_the_watched_quantity(monkeypatch, t
     assert again.already_finished and again.state.best_epoch == kept
 
 
+def test_a_finished_run_read_back_finds_its_best_epoch_after_the_warm_up(monkeypatch, tmp_path):
+    # Two warm-up epochs (per-exit CE alone) whose objective is lower than any later one: training starts the
+    # selection afresh after them and keeps epoch 4; the finished run read back must say the same, with the
+    # watched objective of that epoch (checkpoint.pt's own number is the loss).
+    scripted_validation(monkeypatch, losses=[3.0, 2.0, 1.0, 0.5, 0.4], objectives=[0.1, 0.2, 0.9, 0.6, 0.8])
+    config = synthetic(tmp_path, method="proposed", stop_on="objective", epochs=5, joint_warmup=2, patience=0)
+    result = trainer.fit(config, tmp_path / "run")
+    assert (result.state.best_epoch, result.selected_epoch) == (4, 4)
+    again = trainer.fit(result.config, tmp_path / "run", resume=True)
+    assert again.already_finished
+    assert (again.state.best_epoch, again.state.selected_epoch) == (4, 4)
+    assert again.state.best_val_loss == again.state.selected_val_loss == 0.6
+
+
+def test_a_non_finite_objective_stops_like_a_non_finite_loss(monkeypatch, tmp_path):
+    scripted_validation(monkeypatch, losses=[3.0, 2.0, 1.0], objectives=[1.0, float("nan"), 0.5])
+    with pytest.raises(ReproError, match="the validation objective became nan in epoch 2.*last good checkpoint is kept"):
+        trainer.fit(synthetic(tmp_path, method="proposed", stop_on="objective", epochs=3), tmp_path / "run")
+    assert rundir.load_torch(tmp_path / "run" / rundir.CHECKPOINT)["epoch"] == 1
+
+
 def test_the_objective_is_the_loss_without_the_per_exit_terms(tmp_path):
     # The literal loss (no per-exit CE, no final-exit CE) is its own objective: the two columns agree.
     literal = trainer.fit(synthetic(tmp_path, method="proposed", joint_weight=0.0, epochs=1), tmp_path / "literal")

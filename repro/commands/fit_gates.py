@@ -18,9 +18,10 @@ def fit_gates(
     policy: Annotated[str, typer.Option("--policy", help="gate: the paper's objective (soft-output NLL + lambda x cost) "
                                         "on a gate over each exit's output; features: a policy trained on whether "
                                         "leaving loses nothing; all: both.")] = "all",
-    cost_weight: Annotated[float, typer.Option("--lambda", help="Weight of the relative compute cost in the policy's "
-                                               "objective (0: accuracy only; the threshold sweep sets the trade-off "
-                                               "either way). 0.1 is method proposed's default.")] = 0.1,
+    cost_weight: Annotated[float, typer.Option("--lambda", help="Weight of the compute cost, as a fraction of the "
+                                               "plain network's MACs, in the policy's objective (0: accuracy only; the "
+                                               "threshold sweep sets the trade-off either way). 0.1 is method "
+                                               "proposed's default, whose cost is a fraction of the final exit's MACs.")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the permutation that cuts validation into the fit "
                                       "half and the calibration half.")] = 0,
 ):
@@ -34,6 +35,8 @@ def fit_gates(
     from repro.sweep import NoEarlyExits
 
     check_name("policy", policy, (*POLICIES, "all"))
+    if not 0 <= seed < 2**63:  # torch.Generator.manual_seed's range, so that a bad seed is a line, not a traceback
+        raise ReproError(f"--seed must be between 0 and 2^63 - 1, not {seed}")
     if not cost_weight >= 0 or cost_weight == float("inf"):
         raise ReproError(f"--lambda must be a finite number, 0 or more, not {cost_weight}")
     policies = list(POLICIES) if policy == "all" else [policy]

@@ -741,7 +741,9 @@ def criteria_table(collection: Collection) -> list[Table]:
             columns = ["Method", "Criterion", "n"] + [f"{budget:g} × plain MACs (%)" for budget in BUDGETS]
             tables.append(Table(caption, columns, rows, [
                 "Each cell as in the table above (thresholds chosen on validation, read on test), for every criterion the "
-                "run's sweep holds: the rows of one network differ only in how it decides to exit."]))
+                "run's sweep holds: the rows of one network differ only in how it decides to exit. The fitted-gate and "
+                "fitted-features policies (`repro fit-gates`) are fitted on one half of validation and their thresholds "
+                "chosen on the other half."]))
     return tables
 
 
