@@ -808,6 +808,24 @@ def test_rows_are_named_by_short_tags_and_the_legend_lists_their_options_once(tm
     assert "## Row labels" in md and md.count(markdown_escape("cost_weight=1, gate_detach=false, joint_weight=1")) == 1
 
 
+def test_rows_of_other_recipes_are_named_by_the_recipe_not_every_setting_it_implies(tmp_path):
+    """results/fair's rows: a recipe stands for its settings, and an exit list that is the model's own placement
+    is no departure; only what departs from the run's recipe is named (exits, stop-on)."""
+    from repro.config import TrainConfig
+
+    def recipe_config(recipe: str, method: str, **options) -> dict:
+        return {**TrainConfig.from_recipe(recipe, method=method, dataset="cifar10", **options).to_dict(), "seed": 0}
+
+    runs = tmp_path / "runs"
+    write_run(runs, "modern-bnet", recipe_config("modern", "bnet", exits=list(range(9))), [0.5, 0.6, 0.7, 0.80])
+    write_run(runs, "three-exits-bnet", recipe_config("report", "bnet", exits=[1, 4, 7]), [0.5, 0.6, 0.7, 0.80])
+    write_run(runs, "modern-proposed", recipe_config("modern", "proposed"), [0.5, 0.6, 0.7, 0.80])
+    write_run(runs, "report-objective", recipe_config("report", "proposed", stop_on="objective"), [0.5, 0.6, 0.7, 0.80])
+    labels = sorted(g.label for g in collect([runs]).groups)
+    assert labels == ["bnet · exits 1,4,7, recipe report", "bnet · recipe modern", "proposed · recipe modern",
+                      "proposed · recipe report, stop-on objective"]
+
+
 def test_a_table_alone_of_its_kind_has_no_legend(tmp_path):
     from repro.report.tables import labels_table
 

@@ -48,6 +48,11 @@ def default_options(name: str) -> dict:
     return {**family.DEFAULTS, "head": "conv", "width": 1.0, "branch_channels": BRANCH_CHANNELS}
 
 
+def default_exits(name: str) -> list[int]:
+    """The exit positions `create_model(name, exits=None)` places (the family's documented placement)."""
+    return list(_FAMILIES[check_name("model", name, list_models())].DEFAULT_EXITS)
+
+
 def _check_int(what: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ReproError(f"{what} must be an integer >= {minimum}; got {value!r}")

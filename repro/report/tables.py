@@ -739,11 +739,12 @@ def criteria_table(collection: Collection) -> list[Table]:
                 rows.append(row)
         if rows:
             columns = ["Method", "Criterion", "n"] + [f"{budget:g} × plain MACs (%)" for budget in BUDGETS]
+            fitted = any(str(row[1].text).startswith("fitted-") for row in rows)
             tables.append(Table(caption, columns, rows, [
                 "Each cell as in the table above (thresholds chosen on validation, read on test), for every criterion the "
-                "run's sweep holds: the rows of one network differ only in how it decides to exit. The fitted-gate and "
-                "fitted-features policies (`repro fit-gates`) are fitted on one half of validation and their thresholds "
-                "chosen on the other half."]))
+                "run's sweep holds: the rows of one network differ only in how it decides to exit." + (
+                    " The fitted-gate and fitted-features policies (`repro fit-gates`) are fitted on one half of "
+                    "validation and their thresholds chosen on the other half." if fitted else "")]))
     return tables
 
 
