@@ -269,3 +269,27 @@ def test_bad_inference_arguments_raise_one_clear_line(call, message):
     with pytest.raises(ValueError) as raised:
         call(model, torch.zeros(2, 3, 32, 32))
     assert str(raised.value) == message and isinstance(raised.value, ReproError)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_batch_in_pieces_equals_the_reference_and_does_the_same_work(name, monkeypatch):
+    """float64: with pieces of a few samples (PIECE_BYTES lowered; on a CPU the real budget only splits large
+    batches), early exit and the plain network give the reference's exits, predictions and logits, and do
+    exactly the reference's MACs, the pieces' boundaries wherever they fall."""
+    from repro.models import inference
+
+    model = tiny(name, (3, 32), "default")
+    x = images((3, 32), n=23)
+    largest = max(max(pair) for pair in model.costs.activation_bytes)
+    monkeypatch.setattr(inference, "PIECE_BYTES", 3 * largest)  # 3 samples where the maps are largest
+    sizes = inference.piece_sizes(model, x.device)
+    assert min(sizes) == 3 and max(sizes) > 3  # later, smaller maps take larger pieces
+    assert inference.piece_sizes(model, torch.device("meta")) == [0] * model.num_exits  # a GPU: the batch whole
+    assert torch.allclose(run_plain(model, x), model.backbone(x), rtol=1e-12, atol=1e-12)
+    for seed, criterion in enumerate(criteria.CRITERIA):
+        thresholds = midpoint_thresholds(model, x, criterion, seed)
+        reference = run_all_then_select(model, x, criterion, thresholds)
+        flops, pieces = counted_flops(early_exit_batched, model, x, criterion, thresholds)
+        assert torch.equal(pieces.exits, reference.exits) and torch.equal(pieces.predictions, reference.predictions)
+        assert flops == 2 * (reference.macs.sum().item() - skipped_gate_macs(model, reference.exits, criterion))
+        assert len(set(reference.exits.tolist())) >= 2

@@ -32,6 +32,9 @@ class ExitCosts:
     cumulative_flops: list[float]  # [E] FLOPs as counted (= 2 x cumulative_macs)
     params: list[int]  # [E] parameters used by a sample that leaves at exit b (final: the whole model)
     plain_params: int  # parameters of the network without exits
+    # [E] (segment b, head b) largest activation per sample in bytes, the segment's input included; the last
+    # entry's head is the final classifier. repro.models.inference sizes a batch's pieces by it.
+    activation_bytes: list[tuple[int, int]]
 
     @property
     def num_exits(self) -> int:
@@ -58,22 +61,27 @@ def measure_costs(model) -> ExitCosts:
     and every module's train/eval flag restored afterwards."""
     parameter = next(model.parameters())
     x = torch.zeros(1, *model.input_shape, dtype=parameter.dtype, device=parameter.device)
-    with eval_mode(model), torch.no_grad():
-        segment_flops, head_flops, gate_flops = [], [], []
+    largest = _LargestActivation(model)
+    with eval_mode(model), torch.no_grad(), largest:
+        segment_flops, head_flops, gate_flops, activation_bytes = [], [], [], []
         for b in range(model.num_exits):
             start, stop = model.segment_bounds[b]
             flops = 0
+            largest.reset(x)
             for index in range(start, stop):
                 stage_flops, x = _counted_flops(model.stages[index], x)
                 flops += stage_flops
             segment_flops.append(flops)
+            segment_bytes = largest.reset()
             if b < model.num_exits - 1:
                 branch = model.branches[b]
                 features_flops, features = _counted_flops(branch.features, x)
                 classify_flops, _ = _counted_flops(branch.classify, features)
                 head_flops.append(features_flops + classify_flops)
                 gate_flops.append(_counted_flops(branch.gate, features)[0])
+            activation_bytes.append((segment_bytes, largest.reset()))
         classifier_flops, _ = _counted_flops(model.classifier, x)
+        activation_bytes[-1] = (activation_bytes[-1][0], largest.reset())
 
     num_early = model.num_exits - 1
     backbone_flops = [sum(segment_flops[: b + 1]) for b in range(model.num_exits)]
@@ -98,4 +106,30 @@ def measure_costs(model) -> ExitCosts:
         cumulative_flops=cumulative_flops,
         params=params,
         plain_params=plain_params,
+        activation_bytes=activation_bytes,
     )
+
+
+class _LargestActivation:
+    """Within `with`: records the largest output (bytes per sample) of any leaf module of `model` since the
+    last `reset(x)`, which returns it and starts again from x's own size (0 without x)."""
+
+    def __init__(self, model):
+        self.leaves = [m for m in model.modules() if not list(m.children())]
+        self.largest, self.handles = 0, []
+
+    def _record(self, module, inputs, output) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() > 0:
+            self.largest = max(self.largest, output[0].numel() * output.element_size())
+
+    def reset(self, x: torch.Tensor | None = None) -> int:
+        largest, self.largest = self.largest, (0 if x is None else x[0].numel() * x.element_size())
+        return largest
+
+    def __enter__(self):
+        self.handles = [leaf.register_forward_hook(self._record) for leaf in self.leaves]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
