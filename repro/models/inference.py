@@ -132,8 +132,7 @@ def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> Ear
     op instead of about ten) or the gate read once."""
     values = _prepare(model, x, criterion, thresholds)
     last = model.num_exits - 1
-    predictions = torch.empty(len(x), dtype=torch.long)
-    exits = torch.full((len(x),), last, dtype=torch.long)
+    predictions, exits = [], []  # Python ints, made tensors once: a tensor write per sample costs more
     with _eval_mode(model):
         for i in range(len(x)):
             h = x[i : i + 1]
@@ -145,11 +144,13 @@ def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> Ear
                 else:
                     predicted = decide_one(criterion, logits, values[b])
                 if predicted is not None:
-                    exits[i], predictions[i] = b, predicted
+                    exits.append(b)
+                    predictions.append(predicted)
                     break
             else:
-                predictions[i] = model.classifier(model.run_segment(last, h)).argmax(dim=-1).item()
-    return _result(model, predictions, exits)
+                exits.append(last)
+                predictions.append(model.classifier(model.run_segment(last, h)).argmax(dim=-1).item())
+    return _result(model, torch.tensor(predictions, dtype=torch.long), torch.tensor(exits, dtype=torch.long))
 
 
 @torch.inference_mode()
