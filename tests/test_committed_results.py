@@ -1,9 +1,13 @@
 """Every committed report under results/ is what its committed run files render (issue 15): the same
 numbers in every table, only the "Generated ..." line may differ. No training: rendering only, a few
 seconds per report. Needs a git checkout (skipped in an unpacked source archive)."""
+import io
+import os
 import re
 import shutil
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -102,3 +106,21 @@ def test_committed_report_row_labels_are_short(report_md):
 def test_the_row_label_check_reads_table_cells_and_skips_the_runs_table():
     markdown = ("| Method | n |\n| :--- | ---: |\n| proposed \\[x\\] | 1 |\n\n## Runs\n\n| " + "r" * 80 + " | 1 |\n")
     assert _row_labels(markdown) == ["Method", "proposed [x]"]
+
+
+@needs_git
+def test_the_fair_verdict_is_what_its_script_prints_from_the_committed_cells(tmp_path):
+    """results/fair/verdict.md applies the study's decision rule; a cell committed later must change it in the
+    same commit (python results/fair/verdict.py > results/fair/verdict.md)."""
+    verdict = REPO / "results" / "fair" / "verdict.md"
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "results/fair/verdict.md"], cwd=REPO, capture_output=True)
+    if tracked.returncode:
+        pytest.skip("results/fair/verdict.md is not committed yet")
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", "--", "results"], cwd=REPO, capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    printed = subprocess.run([sys.executable, str(tmp_path / "results" / "fair" / "verdict.py")], capture_output=True,
+                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip() == verdict.read_text().strip(), \
+        "results/fair/verdict.md differs from what verdict.py prints: python results/fair/verdict.py > results/fair/verdict.md"

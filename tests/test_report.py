@@ -810,7 +810,7 @@ def test_rows_are_named_by_short_tags_and_the_legend_lists_their_options_once(tm
 
 def test_rows_of_other_recipes_are_named_by_the_recipe_not_every_setting_it_implies(tmp_path):
     """results/fair's rows: a recipe stands for its settings, and an exit list that is the model's own placement
-    is no departure; only what departs from the run's recipe is named (exits, stop-on)."""
+    is no departure, nor is the default (report) recipe; only what departs from the run's recipe is named."""
     from repro.config import TrainConfig
 
     def recipe_config(recipe: str, method: str, **options) -> dict:
@@ -822,8 +822,7 @@ def test_rows_of_other_recipes_are_named_by_the_recipe_not_every_setting_it_impl
     write_run(runs, "modern-proposed", recipe_config("modern", "proposed"), [0.5, 0.6, 0.7, 0.80])
     write_run(runs, "report-objective", recipe_config("report", "proposed", stop_on="objective"), [0.5, 0.6, 0.7, 0.80])
     labels = sorted(g.label for g in collect([runs]).groups)
-    assert labels == ["bnet · exits 1,4,7, recipe report", "bnet · recipe modern", "proposed · recipe modern",
-                      "proposed · recipe report, stop-on objective"]
+    assert labels == ["bnet · exits 1,4,7", "bnet · recipe modern", "proposed · recipe modern", "proposed · stop-on objective"]
 
 
 def test_a_table_alone_of_its_kind_has_no_legend(tmp_path):

@@ -26,6 +26,7 @@ import pandas as pd
 
 from repro import artifacts, rundir
 from repro.errors import ReproError, error_reason
+from repro.config import recipe_default
 from repro.methods import LITERAL_LOSS, is_literal_loss
 from repro.models import default_exits, list_models
 
@@ -459,7 +460,8 @@ def short_tag(group: Group, keys: list[str]) -> str:
     (`width 0.5`, `lr 0.001`), the method's own options only where they depart from its defaults
     (`λ 0.01`, `gate-detach`, `no joint CE`), the paper's literal loss by that name, and `default` where
     nothing departs (the method as `repro train` trains it, beside rows that change it). Where rows differ in
-    their recipe, `recipe modern` stands for the settings it implies: only departures from it are named."""
+    their recipe, `recipe modern` stands for the settings it implies: only departures from it are named, and
+    the default recipe (the report's, what `repro train` uses) is no departure either."""
     config, defaults = group.config, _method_defaults(group.config)
     if defaults.get("exits") is None and config.get("model") in list_models():
         defaults["exits"] = default_exits(config["model"])  # None in a config means the model's own placement
@@ -468,6 +470,8 @@ def short_tag(group: Group, keys: list[str]) -> str:
     for key in keys:
         value = config.get(key)
         implied_by_recipe = "recipe" in keys and key != "recipe"
+        if key == "recipe" and value == recipe_default("recipe"):
+            continue
         if (key not in SETUP_KEYS or implied_by_recipe) and key in defaults and defaults[key] == value:
             continue
         if literal and key in LITERAL_LOSS:
