@@ -92,14 +92,15 @@ def profile_batch(model, x: torch.Tensor, criterion: str, values: list[float], n
                 predictions[ids[fired]] = logits[fired].argmax(dim=-1)
                 stay = ~fired
                 out, ids = out[stay], ids[stay]
-            kept.append(out)
-            kept_active.append(ids)
+            if len(ids):
+                kept.append(out)
+                kept_active.append(ids)
             timed(f"compaction {b}", start)
+        if not kept:
+            break
         start = now()
         h, active = (kept[0], kept_active[0]) if len(kept) == 1 else (torch.cat(kept), torch.cat(kept_active))
         timed(f"compaction {b}", start)
-        if len(active) == 0:
-            break
     else:
         for piece in _pieces(len(h), sizes[last]):
             start = now()
@@ -113,7 +114,9 @@ def profile_batch(model, x: torch.Tensor, criterion: str, values: list[float], n
 
 def predicted_steps(costs, fractions: list[float], plain_ms: float) -> dict:
     """Each segment's and head's ms per image if it ran at the plain network's ms per MAC: its MACs per
-    sample x the share of the images that reach it (decisions and compaction have no MACs to predict from)."""
+    sample x the share of the images that reach it (decisions and compaction have no MACs to predict from;
+    the last segment's prediction includes the final classifier, which the profile times apart). The call's
+    own bookkeeping (validation, the result's tensors) is in neither: `profiled_wall` - the steps' sum."""
     rate, reached, predicted = plain_ms / costs.plain_macs, 1.0, {}
     backbone = [0.0, *costs.backbone_macs]
     last = len(costs.cumulative_macs) - 1
@@ -162,9 +165,11 @@ def main(args) -> dict:
     now = wall_clock(device)
     batches = [x[s : s + args.batch_size] for s in range(0, len(x), args.batch_size)]
 
-    # Checked first: the profile's steps are early_exit_batched's (the same exits and predictions).
+    # Checked first: the profile's steps are early_exit_batched's (the same exits and predictions), in
+    # inference mode as timed (MaxPool2x2 takes another path with autograd on).
     for batch in batches:
-        _, exits, predictions = profile_batch(model, batch, criterion, values, now)
+        with torch.inference_mode():
+            _, exits, predictions = profile_batch(model, batch, criterion, values, now)
         reference = early_exit_batched(model, batch, criterion, thresholds)
         assert torch.equal(exits.cpu(), reference.exits) and torch.equal(predictions.cpu(), reference.predictions)
 

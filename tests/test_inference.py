@@ -293,3 +293,37 @@ def test_a_batch_in_pieces_equals_the_reference_and_does_the_same_work(name, mon
         assert torch.equal(pieces.exits, reference.exits) and torch.equal(pieces.predictions, reference.predictions)
         assert flops == 2 * (reference.macs.sum().item() - skipped_gate_macs(model, reference.exits, criterion))
         assert len(set(reference.exits.tolist())) >= 2
+
+
+def test_a_piece_that_leaves_whole_keeps_the_calls_layout(monkeypatch):
+    """A large call runs channels-last from its first segment to its last, also when every sample of a piece
+    leaves (an empty piece in torch.cat once turned the rest of the call back to NCHW)."""
+    from repro.models import inference
+
+    model = create_model("vgg13", 5, 3, 32, width=WIDTH).eval()
+    x = images((3, 32), n=CHANNELS_LAST_MIN_BATCH + 6).float()
+    largest = max(max(pair) for pair in model.costs.activation_bytes)
+    monkeypatch.setattr(inference, "PIECE_BYTES", 10 * largest)
+    assert inference._pieces(len(x), 10)[0] == slice(0, 10)
+    calls = iter(range(10**6))
+    real_fires = inference.fires
+    monkeypatch.setattr(inference, "fires", lambda criterion, score, threshold: (
+        torch.ones_like(real_fires(criterion, score, threshold)) if next(calls) == 0 else real_fires(criterion, score, threshold)))
+    layouts, real_segment = [], model.run_segment
+    monkeypatch.setattr(model, "run_segment", lambda b, h: (layouts.append((b, h.is_contiguous(memory_format=torch.channels_last))),
+                                                            real_segment(b, h))[1])
+    result = early_exit_batched(model, x, "entropy", 0.0)  # nothing fires by entropy 0 but the forced first piece
+    assert result.exits[:10].tolist() == [0] * 10 and (result.exits[10:] == model.num_exits - 1).all()
+    assert {b for b, _ in layouts} == set(range(model.num_exits)) and all(channels_last for _, channels_last in layouts)
+
+
+def test_pieces_are_near_equal_and_cover_the_batch():
+    from repro.models.inference import _pieces
+
+    assert _pieces(65, 64) == [slice(0, 32), slice(32, 65)]  # not 64 + a piece of 1
+    assert _pieces(7, 0) == [slice(0, 7)] and _pieces(7, 7) == [slice(0, 7)] and _pieces(0, 3) == [slice(0, 0)]
+    for n, size in [(100, 32), (256, 32), (23, 3)]:
+        pieces = _pieces(n, size)
+        lengths = [p.stop - p.start for p in pieces]
+        assert pieces[0].start == 0 and pieces[-1].stop == n and all(a.stop == b.start for a, b in zip(pieces, pieces[1:]))
+        assert max(lengths) <= size and max(lengths) - min(lengths) <= 1 and len(pieces) == -(-n // size)

@@ -85,7 +85,8 @@ def in_layout(x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
 # large costs a page fault per 4 KB page on first touch (glibc serves it with mmap and unmaps it on free)
 # and does not fit any cache; segment 0 + head 0 ran 1.7x faster in pieces of 32 than at 256 at once. Later
 # segments, whose maps are small, keep the whole batch (a piece is then the batch) so that their matrix
-# products stay large. A GPU takes the batch whole.
+# products stay large. A GPU takes the batch whole. The sizes are per sample in the dtype the model had when
+# its costs were first measured.
 PIECE_BYTES = 8 * 2**20
 
 
@@ -100,10 +101,13 @@ def piece_sizes(model, device: torch.device, heads: bool = True) -> list[int]:
 
 
 def _pieces(n: int, size: int) -> list[slice]:
-    """Slices of range(n), each at most `size` long (0: one slice)."""
+    """range(n) in the fewest slices of at most `size` (0: one slice), near-equal in length, so that no piece
+    is a tail of one or two samples that costs a whole kernel sequence (and batch 1's other arithmetic)."""
     if size <= 0 or size >= n:
         return [slice(0, n)]
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+    count = -(-n // size)
+    bounds = [n * k // count for k in range(count + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
 def _result(model, predictions: torch.Tensor, exits: torch.Tensor) -> EarlyExitResult:
@@ -180,11 +184,12 @@ def early_exit_batched(model, x: torch.Tensor, criterion: str, thresholds, batch
                         predictions[ids[fired]] = logits[fired].argmax(dim=-1)
                         stay = ~fired
                         out, ids = out[stay], ids[stay]
-                    kept.append(out)
-                    kept_active.append(ids)
-                h, active = (kept[0], kept_active[0]) if len(kept) == 1 else (torch.cat(kept), torch.cat(kept_active))
-                if len(active) == 0:
+                    if len(ids):  # an empty piece would make torch.cat drop the call's channels-last layout
+                        kept.append(out)
+                        kept_active.append(ids)
+                if not kept:
                     break
+                h, active = (kept[0], kept_active[0]) if len(kept) == 1 else (torch.cat(kept), torch.cat(kept_active))
             else:
                 for piece in _pieces(len(h), sizes[last]):
                     predictions[active[piece]] = model.classifier(model.run_segment(last, h[piece])).argmax(dim=-1)
@@ -218,7 +223,7 @@ def run_plain(model, x: torch.Tensor) -> torch.Tensor:
     sizes = piece_sizes(model, x.device, heads=False)
     with _eval_mode(model):
         h = in_layout(x)
-        for b in range(model.num_exits):  # the same segments and pieces as early exit, without the heads
+        for b in range(model.num_exits):  # early exit's segments, in pieces sized by the segment alone (no heads)
             pieces = _pieces(len(h), sizes[b])
             outputs = [model.run_segment(b, h[piece]) for piece in pieces]
             h = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
