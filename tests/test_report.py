@@ -814,6 +814,7 @@ def test_rows_of_other_recipes_are_named_by_the_recipe_not_every_setting_it_impl
     from repro.config import TrainConfig
 
     def recipe_config(recipe: str, method: str, **options) -> dict:
+        options = {"width": 0.5, **options}
         return {**TrainConfig.from_recipe(recipe, method=method, dataset="cifar10", **options).to_dict(), "seed": 0}
 
     runs = tmp_path / "runs"
@@ -821,8 +822,11 @@ def test_rows_of_other_recipes_are_named_by_the_recipe_not_every_setting_it_impl
     write_run(runs, "three-exits-bnet", recipe_config("report", "bnet", exits=[1, 4, 7]), [0.5, 0.6, 0.7, 0.80])
     write_run(runs, "modern-proposed", recipe_config("modern", "proposed"), [0.5, 0.6, 0.7, 0.80])
     write_run(runs, "report-objective", recipe_config("report", "proposed", stop_on="objective"), [0.5, 0.6, 0.7, 0.80])
+    write_run(runs, "full-width-proposed", recipe_config("report", "proposed", width=1.0), [0.5, 0.6, 0.7, 0.80])
     labels = sorted(g.label for g in collect([runs]).groups)
-    assert labels == ["bnet · exits 1,4,7", "bnet · recipe modern", "proposed · recipe modern", "proposed · stop-on objective"]
+    # Width is no recipe's setting: the full-width row is named by it, as it always was.
+    assert labels == ["bnet · exits 1,4,7", "bnet · recipe modern", "proposed · recipe modern, width 0.5",
+                      "proposed · stop-on objective, width 0.5", "proposed · width 1"]
 
 
 def test_a_table_alone_of_its_kind_has_no_legend(tmp_path):

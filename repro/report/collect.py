@@ -462,16 +462,20 @@ def short_tag(group: Group, keys: list[str]) -> str:
     nothing departs (the method as `repro train` trains it, beside rows that change it). Where rows differ in
     their recipe, `recipe modern` stands for the settings it implies: only departures from it are named, and
     the default recipe (the report's, what `repro train` uses) is no departure either."""
+    from repro.config import RECIPES
+
     config, defaults = group.config, _method_defaults(group.config)
-    if defaults.get("exits") is None and config.get("model") in list_models():
-        defaults["exits"] = default_exits(config["model"])  # None in a config means the model's own placement
+    own_exits = default_exits(config["model"]) if config.get("model") in list_models() else None
+    recipe_keys = set().union(*RECIPES.values())  # the settings a recipe sets (width, epochs, subset: never)
     literal = group.literal
     tags = ["the paper's literal loss"] if literal else []
     for key in keys:
         value = config.get(key)
-        implied_by_recipe = "recipe" in keys and key != "recipe"
         if key == "recipe" and value == recipe_default("recipe"):
             continue
+        if key == "exits" and (value is None or value == own_exits):  # the model's own placement
+            continue
+        implied_by_recipe = "recipe" in keys and key in recipe_keys
         if (key not in SETUP_KEYS or implied_by_recipe) and key in defaults and defaults[key] == value:
             continue
         if literal and key in LITERAL_LOSS:
