@@ -101,7 +101,7 @@ class FittedPolicy:
     fit_samples: int
     calibration_samples: int
 
-    halves_sha256: str | None = None  # of the fit half's indices and targets (halves_digest); None: not recorded
+    halves_sha256: str | None = None  # of the fit half's indices and every validation target (halves_digest); None: not recorded
 
     @property
     def criterion(self) -> str:

@@ -138,7 +138,8 @@ def _current(run: rundir.RunDir, step: str, steps: Steps) -> bool:
 def _read_fitted_policies(run: rundir.RunDir) -> None:
     """Both exit policies of `repro fit-gates` as the grid fits them (lambda DEFAULT_COST_WEIGHT, seed 0), fitted
     on this checkpoint's outputs and swept (ReproError if not). In a committed folder (no checkpoint.pt) the
-    checkpoint is the one sweep.csv records, or else the one exit_policies.json itself records."""
+    checkpoint is the one sweep.csv records, or else the one exit_policies.json itself records (then any
+    well-formed policy file counts: nothing else is left to check it against)."""
     from repro.exit_policy import DEFAULT_COST_WEIGHT, POLICIES, criterion_name
 
     sha = artifacts.checkpoint_sha256(run) or artifacts.sweep_checkpoint(run) or _policies_checkpoint(run)

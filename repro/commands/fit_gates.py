@@ -35,7 +35,7 @@ def fit_gates(
     from repro.sweep import NoEarlyExits
 
     check_name("policy", policy, (*POLICIES, "all"))
-    if not 0 <= seed < 2**63:  # torch.Generator.manual_seed's range, so that a bad seed is a line, not a traceback
+    if not 0 <= seed < 2**63:  # within torch.Generator.manual_seed's range (and not negative), so a bad seed is a line, not a traceback
         raise ReproError(f"--seed must be between 0 and 2^63 - 1, not {seed}")
     if not cost_weight >= 0 or cost_weight == float("inf"):
         raise ReproError(f"--lambda must be a finite number, 0 or more, not {cost_weight}")
