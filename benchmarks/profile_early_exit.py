@@ -13,7 +13,7 @@ entropy thresholds set so that the given exit fractions leave (`--fractions`, de
 bnet's at its calibrated point): the shapes, and so the time, of a batch that leaves like a trained one.
 
     python benchmarks/profile_early_exit.py --from-run runs/retrained-cpu/bnet-cifar10-jpeg
-    python benchmarks/profile_early_exit.py --width 0.5 --batch-size 256
+    python benchmarks/profile_early_exit.py --width 0.5 --batch-size 256 [--whole-batches]
 
 Writes benchmarks/results/profile_early_exit_<device>_<name>.json and prints a table.
 """
@@ -136,6 +136,10 @@ def main(args) -> dict:
     from repro.models.inference import early_exit_batched, run_plain
     from repro.timing import sample_images, wall_clock
 
+    from repro.models import inference
+
+    if args.whole_batches:  # the path before issue 28: every segment on the whole batch
+        inference.PIECE_BYTES = 2**62
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -207,11 +211,12 @@ def main(args) -> dict:
         "steps_ms_per_image": per_image_ms,
         "median_batch_ms": {step: 1000 * statistics.median(seconds) for step, seconds in steps.items()},
         "torch": torch.__version__,
+        "pieces": "whole batches" if args.whole_batches else f"pieces of at most {inference.PIECE_BYTES} bytes per activation",
     }
     result["measured_over_predicted"] = result["measured_speedup"] / result["macs_speedup"]
     result["steps_predicted_ms_per_image"] = predicted_steps(macs, fractions, total_ms["plain"])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"profile_early_exit_{device.type}_{name}_b{args.batch_size}.json"
+    out = RESULTS / f"profile_early_exit_{device.type}_{name}_b{args.batch_size}{'_whole-batches' if args.whole_batches else ''}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     report(result)
     print(f"wrote {out}")
@@ -247,4 +252,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--whole-batches", action="store_true", help="profile the path without pieces (before issue 28)")
     main(parser.parse_args())
