@@ -102,13 +102,13 @@ def profile_batch(model, x: torch.Tensor, criterion: str, values: list[float], n
         h, active = (kept[0], kept_active[0]) if len(kept) == 1 else (torch.cat(kept), torch.cat(kept_active))
         timed(f"compaction {b}", start)
     else:
-        for piece in _pieces(len(h), sizes[last]):
-            start = now()
-            out = model.run_segment(last, h[piece])
-            timed(f"segment {last}", start)
-            start = now()
-            predictions[active[piece]] = model.classifier(out).argmax(dim=-1)
-            timed("classifier", start)
+        start = now()
+        outputs = [model.run_segment(last, h[piece]) for piece in _pieces(len(h), piece_sizes(model, x.device, heads=False)[last])]
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        timed(f"segment {last}", start)
+        start = now()
+        predictions[active] = model.classifier(out).argmax(dim=-1)
+        timed("classifier", start)
     return timings, exits, predictions
 
 

@@ -169,6 +169,7 @@ def early_exit_batched(model, x: torch.Tensor, criterion: str, thresholds, batch
     exits = torch.full((len(x),), last, dtype=torch.long, device=x.device)
     step = batch_size or max(len(x), 1)
     sizes = piece_sizes(model, x.device)
+    last_size = piece_sizes(model, x.device, heads=False)[last]  # the final classifier runs on the whole batch
     with _eval_mode(model):
         for start in range(0, len(x), step):
             h = in_layout(x[start : start + step], len(x))  # the call's layout, inherited by later segments
@@ -190,9 +191,9 @@ def early_exit_batched(model, x: torch.Tensor, criterion: str, thresholds, batch
                 if not kept:
                     break
                 h, active = (kept[0], kept_active[0]) if len(kept) == 1 else (torch.cat(kept), torch.cat(kept_active))
-            else:
-                for piece in _pieces(len(h), sizes[last]):
-                    predictions[active[piece]] = model.classifier(model.run_segment(last, h[piece])).argmax(dim=-1)
+            else:  # the last segment in pieces, the final classifier once: its weights are read once a call
+                outputs = [model.run_segment(last, h[piece]) for piece in _pieces(len(h), last_size)]
+                predictions[active] = model.classifier(outputs[0] if len(outputs) == 1 else torch.cat(outputs)).argmax(dim=-1)
     return _result(model, predictions, exits)
 
 
