@@ -57,6 +57,22 @@ def test_threshold_out_of_range(bad):
         criteria.check_thresholds(bad, 3)
 
 
+@pytest.mark.parametrize("given", [0.3, 1, [0.1, 0.2, 0.3], (0.0, 1.0, 0.5), [0.4], torch.tensor(0.25),
+                                   torch.tensor([0.1, 0.2, 0.3], dtype=torch.float32), True, [True, 0, 1]])
+def test_threshold_list_reads_numbers_and_sequences_as_the_tensor_path_does(given):
+    # The batch-1 path reads numbers and lists without a tensor; the result must be torch.as_tensor's.
+    expected = torch.as_tensor(given, dtype=torch.float64).flatten()
+    expected = expected.expand(3).clone() if expected.numel() == 1 else expected
+    assert criteria.threshold_list(given, 3) == expected.tolist()
+    assert torch.equal(criteria.check_thresholds(given, 3), expected)
+
+
+def test_threshold_list_for_a_network_without_early_exits():
+    assert criteria.threshold_list([], 0) == [] and criteria.threshold_list(0.5, 0) == []
+    with pytest.raises(ReproError, match="2 thresholds for 0 early exits"):
+        criteria.threshold_list([0.1, 0.2], 0)
+
+
 def test_threshold_count_mismatch():
     with pytest.raises(ValueError, match="2 thresholds for 3 early exits"):
         criteria.check_thresholds([0.1, 0.2], 3)

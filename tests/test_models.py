@@ -149,6 +149,27 @@ def test_baseline_is_the_same_backbone_without_exits():
     assert baseline.costs.cumulative_macs == [baseline.costs.plain_macs] == [multi.costs.plain_macs]
 
 
+def test_segments_run_the_models_own_stages_also_in_a_copy():
+    # run_segment reads tuples of the stages (faster than indexing the ModuleList): they must be the stages
+    # themselves, also after copy.deepcopy, or a copied model would run the original's weights.
+    import copy
+
+    model = create_model("vgg13", 10, exits=[1, 4], width=0.125).eval()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in twin.stages.parameters():
+            parameter.mul_(0.5)
+    x = torch.randn(2, 3, 32, 32)
+    for net in (model, twin):
+        h = x
+        for stage in net.stages[:2]:
+            h = stage(h)
+        assert torch.equal(net.run_segment(0, x), h)
+        flat = [stage for segment in net._segment_stages for stage in segment]
+        assert len(flat) == len(net.stages) and all(a is b for a, b in zip(flat, net.stages))
+    assert not torch.equal(model.run_segment(0, x), twin.run_segment(0, x))
+
+
 def test_options_change_the_layers():
     plain = create_model("vgg13", 10, width=0.25)
     assert plain.stages[0][0].out_channels == 16 and plain.stages[-1][0].out_channels == 128

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from repro.criteria import check_criterion, check_thresholds, decide_one, fires, scores, select_exits
+from repro.criteria import check_criterion, decide_one, fires, scores, select_exits, threshold_list
 from repro.errors import ReproError
 from repro.models.layers import eval_mode
 
@@ -48,7 +48,7 @@ def _prepare(model, x: torch.Tensor, criterion: str, thresholds) -> list[float]:
     """Validate once per call; thresholds -> one Python float (float64) per early exit."""
     model.check_input(x)
     check_criterion(criterion, has_gates=True)
-    return check_thresholds(thresholds, model.num_exits - 1).tolist()
+    return threshold_list(thresholds, model.num_exits - 1)
 
 
 # Calls with at least this many images run in channels-last layout on a CPU: oneDNN's convolutions then
@@ -110,11 +110,25 @@ def _pieces(n: int, size: int) -> list[slice]:
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
-def _result(model, predictions: torch.Tensor, exits: torch.Tensor) -> EarlyExitResult:
+def _result(model, predictions, exits) -> EarlyExitResult:
+    """Per-sample predictions and exits, as tensors (batched paths) or Python int lists (batch 1: a tensor
+    write per sample costs more than the list), with each sample's MACs."""
     cumulative = model.costs.cumulative_macs
-    exits = exits.cpu()
-    macs = torch.tensor([cumulative[e] for e in exits.tolist()], dtype=torch.float64)
-    return EarlyExitResult(predictions.cpu(), exits, macs)
+    if isinstance(exits, torch.Tensor):
+        predictions, exits = predictions.cpu(), exits.cpu()
+        taken = exits.tolist()
+    else:
+        taken = exits
+        predictions, exits = torch.tensor(predictions, dtype=torch.long), torch.tensor(exits, dtype=torch.long)
+    macs = torch.tensor([cumulative[e] for e in taken], dtype=torch.float64)
+    return EarlyExitResult(predictions, exits, macs)
+
+
+def _in_pieces(model, b: int, h: torch.Tensor, size: int) -> torch.Tensor:
+    """Segment b on h in `_pieces` of at most `size` samples, the outputs joined; one call when h fits."""
+    if size <= 0 or len(h) <= size:
+        return model.run_segment(b, h)
+    return torch.cat([model.run_segment(b, h[piece]) for piece in _pieces(len(h), size)])
 
 
 def _exit_outputs(branch, h: torch.Tensor, criterion: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -136,13 +150,14 @@ def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> Ear
     op instead of about ten) or the gate read once."""
     values = _prepare(model, x, criterion, thresholds)
     last = model.num_exits - 1
+    branches = tuple(model.branches)  # indexing the ModuleList costs ~2 us an exit
     predictions, exits = [], []  # Python ints, made tensors once: a tensor write per sample costs more
     with _eval_mode(model):
         for i in range(len(x)):
             h = x[i : i + 1]
             for b in range(last):
                 h = model.run_segment(b, h)
-                logits, gate = _exit_outputs(model.branches[b], h, criterion)
+                logits, gate = _exit_outputs(branches[b], h, criterion)
                 if criterion == "gate":
                     predicted = logits.argmax(dim=-1).item() if gate.item() >= values[b] else None
                 else:
@@ -154,7 +169,7 @@ def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> Ear
             else:
                 exits.append(last)
                 predictions.append(model.classifier(model.run_segment(last, h)).argmax(dim=-1).item())
-    return _result(model, torch.tensor(predictions, dtype=torch.long), torch.tensor(exits, dtype=torch.long))
+    return _result(model, predictions, exits)
 
 
 @torch.inference_mode()
@@ -170,6 +185,7 @@ def early_exit_batched(model, x: torch.Tensor, criterion: str, thresholds, batch
     step = batch_size or max(len(x), 1)
     sizes = piece_sizes(model, x.device)
     last_size = piece_sizes(model, x.device, heads=False)[last]  # the final classifier runs on the whole batch
+    branches = tuple(model.branches)
     with _eval_mode(model):
         for start in range(0, len(x), step):
             h = in_layout(x[start : start + step], len(x))  # the call's layout, inherited by later segments
@@ -178,7 +194,7 @@ def early_exit_batched(model, x: torch.Tensor, criterion: str, thresholds, batch
                 kept, kept_active = [], []
                 for piece in _pieces(len(h), sizes[b]):  # a view of the batch: no copy
                     out, ids = model.run_segment(b, h[piece]), active[piece]
-                    logits, gate = _exit_outputs(model.branches[b], out, criterion)
+                    logits, gate = _exit_outputs(branches[b], out, criterion)
                     fired = fires(criterion, scores(criterion, logits, gate), values[b])
                     if fired.any():
                         exits[ids[fired]] = b
@@ -192,8 +208,7 @@ def early_exit_batched(model, x: torch.Tensor, criterion: str, thresholds, batch
                     break
                 h, active = (kept[0], kept_active[0]) if len(kept) == 1 else (torch.cat(kept), torch.cat(kept_active))
             else:  # the last segment in pieces, the final classifier once: its weights are read once a call
-                outputs = [model.run_segment(last, h[piece]) for piece in _pieces(len(h), last_size)]
-                predictions[active] = model.classifier(outputs[0] if len(outputs) == 1 else torch.cat(outputs)).argmax(dim=-1)
+                predictions[active] = model.classifier(_in_pieces(model, last, h, last_size)).argmax(dim=-1)
     return _result(model, predictions, exits)
 
 
@@ -221,11 +236,10 @@ def run_every_exit(model, x: torch.Tensor):
 def run_plain(model, x: torch.Tensor) -> torch.Tensor:
     """The network without exits: x [N, C, H, W] -> final logits [N, C], no branch evaluated."""
     model.check_input(x)
-    sizes = piece_sizes(model, x.device, heads=False)
+    # Batch 1 is always one piece: skip sizing it (3 us, 0.1-0.2% of a call; benchmarks/bench_call_overhead.py).
+    sizes = piece_sizes(model, x.device, heads=False) if len(x) > 1 else [0] * model.num_exits
     with _eval_mode(model):
         h = in_layout(x)
         for b in range(model.num_exits):  # early exit's segments, in pieces sized by the segment alone (no heads)
-            pieces = _pieces(len(h), sizes[b])
-            outputs = [model.run_segment(b, h[piece]) for piece in pieces]
-            h = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+            h = _in_pieces(model, b, h, sizes[b])
         return model.classifier(h)
