@@ -17,6 +17,7 @@ from repro.models.inference import (
     EarlyExitResult,
     early_exit_batched,
     early_exit_single,
+    early_exit_stream,
     run_all_then_select,
     run_every_exit,
     run_plain,
@@ -232,7 +233,7 @@ def test_large_batches_still_equal_the_reference(name):
 def test_a_model_without_early_exits_runs_every_path():
     model = create_model("vgg13", 4, exits=[], width=WIDTH).double().eval()
     x = images((3, 32), n=3)
-    for path in (early_exit_single, early_exit_batched, run_all_then_select):
+    for path in (early_exit_single, early_exit_batched, early_exit_stream, run_all_then_select):
         result = path(model, x, "entropy", [])
         assert result.exits.tolist() == [0, 0, 0]
         assert torch.equal(result.predictions, run_plain(model, x).argmax(dim=-1))
@@ -262,6 +263,7 @@ def test_a_training_model_is_run_in_eval_mode_and_left_training():
          "got 2 thresholds for 9 early exits; give one, or one per early exit"),
         (lambda m, x: run_all_then_select(m, x, "margin", 0.5), "unknown criterion 'margin'; valid: entropy, gate, maxprob"),
         (lambda m, x: early_exit_batched(m, x, "gate", 0.5, batch_size=0), "batch_size must be a positive integer; got 0"),
+        (lambda m, x: early_exit_stream(m, x, "gate", 0.5, batch_size=None), "batch_size must be a positive integer; got None"),
     ],
 )
 def test_bad_inference_arguments_raise_one_clear_line(call, message):
@@ -327,3 +329,52 @@ def test_pieces_are_near_equal_and_cover_the_batch():
         lengths = [p.stop - p.start for p in pieces]
         assert pieces[0].start == 0 and pieces[-1].stop == n and all(a.stop == b.start for a, b in zip(pieces, pieces[1:]))
         assert max(lengths) <= size and max(lengths) - min(lengths) <= 1 and len(pieces) == -(-n // size)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_stream_equals_the_reference_and_runs_every_segment_on_full_batches(name, monkeypatch):
+    """float64: the stream gives the reference's exits, predictions and MACs and does exactly the exits'
+    work, and every segment runs the fewest calls its samples allow (ceil(reached / batch_size): full
+    batches, one partial at most), whatever the batch size."""
+    model = tiny(name, (3, 32), "default")
+    x = images((3, 32), n=23)
+    calls, real_segment = [], model.run_segment
+    monkeypatch.setattr(model, "run_segment", lambda b, h: (calls.append((b, len(h))), real_segment(b, h))[1])
+    for seed, criterion in enumerate(criteria.CRITERIA):
+        thresholds = midpoint_thresholds(model, x, criterion, seed)
+        reference = run_all_then_select(model, x, criterion, thresholds)
+        reached = [(reference.exits >= b).sum().item() for b in range(model.num_exits)]
+        for batch_size in (1, 4, 23, 50):
+            calls.clear()
+            flops, stream = counted_flops(early_exit_stream, model, x, criterion, thresholds, batch_size)
+            assert torch.equal(stream.exits, reference.exits) and torch.equal(stream.predictions, reference.predictions)
+            assert torch.equal(stream.macs, reference.macs)
+            assert flops == 2 * (reference.macs.sum().item() - skipped_gate_macs(model, reference.exits, criterion))
+            for b in range(model.num_exits):
+                sizes = [size for segment, size in calls if segment == b]
+                assert len(sizes) == -(-reached[b] // batch_size) and sum(sizes) == reached[b]
+                assert sum(size < batch_size for size in sizes) <= 1
+        assert len(set(reference.exits.tolist())) >= 2
+
+
+def test_a_streams_waits_count_the_batches_that_entered_before_a_sample_was_decided():
+    """Half the samples leave at exit 0, the rest at exit 1, whose segment runs once 3 of them wait: the
+    k-th survivor of exit 0 goes in segment 1's (k // 3)-th batch, run in the step the batch's last member
+    entered (the stream's end for an incomplete one); waited = that step - the sample's own."""
+    model = tiny("vgg13", (3, 32), "default")
+    x = images((3, 32), n=11)
+    first = criteria.normalised_entropy(model(x).logits[0])
+    thresholds = [first.median().item()] + [1.0] * (model.num_exits - 2)
+    for batch_size in (1, 3, 4, 11):
+        stream = early_exit_stream(model, x, "entropy", thresholds, batch_size=batch_size)
+        survivors = (stream.exits == 1).nonzero().flatten().tolist()
+        assert stream.exits.tolist() == [0 if score <= thresholds[0] else 1 for score in first.tolist()]
+        assert 3 <= len(survivors) <= 8
+        steps = -(-len(x) // batch_size)
+        expected = [0] * len(x)
+        for k, sample in enumerate(survivors):
+            group = survivors[k // batch_size * batch_size : (k // batch_size + 1) * batch_size]
+            ran = group[-1] // batch_size if len(group) == batch_size else steps - 1
+            expected[sample] = ran - sample // batch_size
+        assert stream.waited.tolist() == expected
+        assert (batch_size in (1, len(x))) == (max(expected) == 0)  # batch 1 or one batch: nobody waits

@@ -1,11 +1,13 @@
 """Early-exit inference that skips the work after a sample's exit (Scardapane et al., ICASSP 2020, Sec. 2:
 at test time a sample stops at the first exit whose criterion fires).
 
-Four paths, all taking the criterion's scores and firing rule from repro.criteria so that they agree
+Five paths, all taking the criterion's scores and firing rule from repro.criteria so that they agree
 exactly with its `select_exits` reference:
 - `early_exit_single`: one sample at a time (batch size 1): run a segment, its branch, decide, stop.
 - `early_exit_batched`: a whole batch; the samples that left are removed before the next segment runs,
   so the work shrinks with the batch.
+- `early_exit_stream`: a stream of batches; the samples that stay queue before their next segment, which
+  runs on full batches (throughput for latency).
 - `run_all_then_select`: the reference: every exit for every sample (`run_every_exit`), then
   `criteria.select_exits`.
 - `run_plain`: the network without exits (backbone and final classifier only), the speed-up baseline.
@@ -172,44 +174,147 @@ def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> Ear
     return _result(model, predictions, exits)
 
 
+def _exit_step(model, branches, b: int, h: torch.Tensor, active: torch.Tensor, size: int, criterion: str, value: float,
+               exits: torch.Tensor, predictions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Segment b and its exit on h (the samples `active`, indices into the call's input) in `_pieces` of at
+    most `size`: the samples whose exit fires get their exit and prediction written; returns the others'
+    segment outputs and indices (None when none is left)."""
+    kept, kept_active = [], []
+    for piece in _pieces(len(h), size):  # a view of the batch: no copy
+        out, ids = model.run_segment(b, h[piece]), active[piece]
+        logits, gate = _exit_outputs(branches[b], out, criterion)
+        fired = fires(criterion, scores(criterion, logits, gate), value)
+        if fired.any():
+            exits[ids[fired]] = b
+            predictions[ids[fired]] = logits[fired].argmax(dim=-1)
+            stay = ~fired
+            out, ids = out[stay], ids[stay]
+        if len(ids):  # an empty piece would make torch.cat drop the call's channels-last layout
+            kept.append(out)
+            kept_active.append(ids)
+    if not kept:
+        return None
+    return (kept[0], kept_active[0]) if len(kept) == 1 else (torch.cat(kept), torch.cat(kept_active))
+
+
+def _final_step(model, h: torch.Tensor, active: torch.Tensor, size: int, predictions: torch.Tensor) -> None:
+    """The last segment in pieces, the final classifier once (its weights are read once a call)."""
+    predictions[active] = model.classifier(_in_pieces(model, model.num_exits - 1, h, size)).argmax(dim=-1)
+
+
+def _check_batch_size(batch_size, allow_none: bool) -> None:
+    if batch_size is None and allow_none:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ReproError(f"batch_size must be a positive integer; got {batch_size!r}")
+
+
 @torch.inference_mode()
 def early_exit_batched(model, x: torch.Tensor, criterion: str, thresholds, batch_size: int | None = None) -> EarlyExitResult:
     """x [N, C, H, W] in batches of `batch_size` (None: all at once); after each early exit the samples
     that left are dropped, so later segments run on fewer samples."""
     values = _prepare(model, x, criterion, thresholds)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ReproError(f"batch_size must be a positive integer; got {batch_size!r}")
+    _check_batch_size(batch_size, allow_none=True)
     last = model.num_exits - 1
     predictions = torch.empty(len(x), dtype=torch.long, device=x.device)
     exits = torch.full((len(x),), last, dtype=torch.long, device=x.device)
     step = batch_size or max(len(x), 1)
     sizes = piece_sizes(model, x.device)
-    last_size = piece_sizes(model, x.device, heads=False)[last]  # the final classifier runs on the whole batch
+    last_size = piece_sizes(model, x.device, heads=False)[last]
     branches = tuple(model.branches)
     with _eval_mode(model):
         for start in range(0, len(x), step):
             h = in_layout(x[start : start + step], len(x))  # the call's layout, inherited by later segments
-            active = torch.arange(start, start + len(h), device=x.device)  # indices into x of the samples still in
+            state = h, torch.arange(start, start + len(h), device=x.device)  # indices into x of the samples still in
             for b in range(last):
-                kept, kept_active = [], []
-                for piece in _pieces(len(h), sizes[b]):  # a view of the batch: no copy
-                    out, ids = model.run_segment(b, h[piece]), active[piece]
-                    logits, gate = _exit_outputs(branches[b], out, criterion)
-                    fired = fires(criterion, scores(criterion, logits, gate), values[b])
-                    if fired.any():
-                        exits[ids[fired]] = b
-                        predictions[ids[fired]] = logits[fired].argmax(dim=-1)
-                        stay = ~fired
-                        out, ids = out[stay], ids[stay]
-                    if len(ids):  # an empty piece would make torch.cat drop the call's channels-last layout
-                        kept.append(out)
-                        kept_active.append(ids)
-                if not kept:
+                state = _exit_step(model, branches, b, *state, sizes[b], criterion, values[b], exits, predictions)
+                if state is None:
                     break
-                h, active = (kept[0], kept_active[0]) if len(kept) == 1 else (torch.cat(kept), torch.cat(kept_active))
-            else:  # the last segment in pieces, the final classifier once: its weights are read once a call
-                predictions[active] = model.classifier(_in_pieces(model, last, h, last_size)).argmax(dim=-1)
+            else:
+                _final_step(model, *state, last_size, predictions)
     return _result(model, predictions, exits)
+
+
+class StreamResult(NamedTuple):
+    """`early_exit_stream`'s per-sample results (as EarlyExitResult's), and how long each sample waited."""
+
+    predictions: torch.Tensor
+    exits: torch.Tensor
+    macs: torch.Tensor
+    waited: torch.Tensor  # int64 [N] input batches that entered after the sample's own before it was decided
+
+
+class _Queue:
+    """The samples waiting for one segment: their activations and indices, in arrival order."""
+
+    def __init__(self):
+        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.count = 0
+
+    def put(self, h: torch.Tensor, active: torch.Tensor) -> None:
+        self.parts.append((h, active))
+        self.count += len(active)
+
+    def take(self, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `limit` samples waiting (all of them when fewer), joined; the rest stay queued."""
+        parts, self.parts, self.count = self.parts, [], 0
+        h = parts[0][0] if len(parts) == 1 else torch.cat([part[0] for part in parts])
+        active = parts[0][1] if len(parts) == 1 else torch.cat([part[1] for part in parts])
+        if len(active) > limit:
+            self.put(h[limit:], active[limit:])
+            h, active = h[:limit], active[:limit]
+        return h, active
+
+
+@torch.inference_mode()
+def early_exit_stream(model, x: torch.Tensor, criterion: str, thresholds, batch_size: int = 256) -> StreamResult:
+    """x [N, C, H, W] as a stream entering `batch_size` at a time, each segment run on full batches.
+
+    `early_exit_batched` runs a batch's survivors on at once, so later segments see ever smaller, ragged
+    batches (of 256 images, about 75 reach the second segment of a trained bnet VGG-13 and 17 the final
+    classifier, whose weights are then read for 17 images). Here the survivors queue before their next
+    segment, which runs only when batch_size of them wait (and, once the stream ends, on what is left), so
+    every segment works on full batches. The price is latency: a sample that goes deep waits until enough
+    later samples reach its segment. `waited` counts, per sample, the input batches that entered after
+    its own before it was decided (0 for every sample that leaves where early_exit_batched would have it
+    leave in its own call); a sample's latency is about (waited + 1) batch steps.
+    The exits and predictions are early_exit_batched's (each sample's scores depend on it alone, up to
+    the rounding `memory_layout` describes)."""
+    values = _prepare(model, x, criterion, thresholds)
+    _check_batch_size(batch_size, allow_none=False)
+    last = model.num_exits - 1
+    predictions = torch.empty(len(x), dtype=torch.long, device=x.device)
+    exits = torch.full((len(x),), last, dtype=torch.long, device=x.device)
+    decided_at = torch.empty(len(x), dtype=torch.long, device=x.device)  # the input batch entered when decided
+    sizes = piece_sizes(model, x.device)
+    last_size = piece_sizes(model, x.device, heads=False)[last]
+    branches = tuple(model.branches)
+    queues = [_Queue() for _ in range(model.num_exits)]  # queues[b]: waiting for segment b
+    starts = range(0, len(x), batch_size)
+
+    def run(b: int, h: torch.Tensor, active: torch.Tensor, step: int) -> None:
+        if b == last:
+            _final_step(model, h, active, last_size, predictions)
+            decided_at[active] = step
+            return
+        left = _exit_step(model, branches, b, h, active, sizes[b], criterion, values[b], exits, predictions)
+        decided_at[active] = step  # the survivors' entries are written again when they are decided
+        if left is not None:
+            queues[b + 1].put(*left)
+
+    with _eval_mode(model):
+        for step, start in enumerate(starts):
+            h = in_layout(x[start : start + batch_size], len(x))
+            run(0, h, torch.arange(start, start + len(h), device=x.device), step)
+            for b in range(1, last + 1):  # shallow first, so that a segment's survivors can fill the next batch
+                while queues[b].count >= batch_size:
+                    run(b, *queues[b].take(batch_size), step)
+        for b in range(1, last + 1):  # the stream ended: what waits runs, in batches of at most batch_size
+            while queues[b].count:
+                run(b, *queues[b].take(batch_size), len(starts) - 1)
+    result = _result(model, predictions, exits)
+    arrived = torch.arange(len(x), device=x.device) // batch_size
+    return StreamResult(*result, (decided_at - arrived).cpu())
 
 
 @torch.inference_mode()
