@@ -47,7 +47,7 @@ def fraction_thresholds(model, x: torch.Tensor, fractions) -> torch.Tensor:
         count = round(fraction * len(x))
         remaining = scores[b][active]
         if count == 0 or len(remaining) == 0:
-            thresholds.append(-1.0)  # nothing leaves here (entropy is never below 0)
+            thresholds.append(0.0)  # nothing leaves here (an untrained network is never one-hot)
             continue
         value = remaining.sort().values[min(count, len(remaining)) - 1].item()
         thresholds.append(value)
@@ -56,7 +56,7 @@ def fraction_thresholds(model, x: torch.Tensor, fractions) -> torch.Tensor:
 
 
 def profile_batch(model, x: torch.Tensor, criterion: str, values: list[float], now) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """early_exit_batched's steps on one batch (its pieces included), each timed: ({step name: s}, exits, predictions)."""
+    """early_exit_batched's steps on one batch (its pieces, and one decision over them, included), each timed: ({step name: s}, exits, predictions)."""
     from repro.criteria import fires, scores
     from repro.models.inference import _exit_outputs, _pieces, in_layout, piece_sizes
 
@@ -74,33 +74,40 @@ def profile_batch(model, x: torch.Tensor, criterion: str, values: list[float], n
     sizes = piece_sizes(model, x.device)
     timed("setup", start)
     for b in range(last):
-        kept, kept_active = [], []
-        for piece in _pieces(len(h), sizes[b]):
+        pieces = _pieces(len(h), sizes[b])
+        outs, logits, gates = [], [], []
+        for piece in pieces:
             start = now()
-            out, ids = model.run_segment(b, h[piece]), active[piece]
+            out = model.run_segment(b, h[piece])
             timed(f"segment {b}", start)
             start = now()
-            logits, gate = _exit_outputs(model.branches[b], out, criterion)
+            piece_logits, gate = _exit_outputs(model.branches[b], out, criterion)
+            outs.append(out)
+            logits.append(piece_logits)
+            gates.append(gate)
             timed(f"head {b}", start)
-            start = now()
-            fired = fires(criterion, scores(criterion, logits, gate), values[b])
-            any_fired = bool(fired.any())
-            timed(f"decision {b}", start)
-            start = now()
-            if any_fired:
-                exits[ids[fired]] = b
-                predictions[ids[fired]] = logits[fired].argmax(dim=-1)
-                stay = ~fired
-                out, ids = out[stay], ids[stay]
-            if len(ids):
-                kept.append(out)
-                kept_active.append(ids)
-            timed(f"compaction {b}", start)
-        if not kept:
-            break
         start = now()
-        h, active = (kept[0], kept_active[0]) if len(kept) == 1 else (torch.cat(kept), torch.cat(kept_active))
+        if len(pieces) == 1:
+            logits, gates = logits[0], gates[0]
+        else:
+            logits, gates = torch.cat(logits), (torch.cat(gates) if criterion == "gate" else None)
+        fired = fires(criterion, scores(criterion, logits, gates), values[b])
+        any_fired = bool(fired.any())
+        timed(f"decision {b}", start)
+        start = now()
+        if not any_fired:
+            h = outs[0] if len(outs) == 1 else torch.cat(outs)
+        else:
+            left = active[fired]
+            exits[left] = b
+            predictions[left] = logits[fired].argmax(dim=-1)
+            stay = ~fired
+            kept = [out[stay[piece]] for out, piece in zip(outs, pieces) if stay[piece].any()]
+            h = None if not kept else kept[0] if len(kept) == 1 else torch.cat(kept)
+            active = active[stay]
         timed(f"compaction {b}", start)
+        if h is None:
+            break
     else:
         start = now()
         outputs = [model.run_segment(last, h[piece]) for piece in _pieces(len(h), piece_sizes(model, x.device, heads=False)[last])]
@@ -127,6 +134,44 @@ def predicted_steps(costs, fractions: list[float], plain_ms: float) -> dict:
             predicted[f"head {b}"] = costs.head_macs[b] * reached * rate
             reached -= fractions[b]
     return predicted
+
+
+def full_batch_steps(model, x: torch.Tensor, rounds: int, now) -> dict:
+    """Each segment and exit head (pieces as early_exit_batched cuts them) and the final classifier timed on
+    the whole batch x, every sample reaching it: {step: ms per image}. Weighted by the fraction of images that
+    reach each step, they give what early exit would cost with every step at full-batch efficiency and no
+    decisions or compaction: the part of the gap to the MAC prediction that no scheduling can close."""
+    from repro.models.inference import _exit_outputs, _pieces, in_layout, piece_sizes
+
+    sizes, last = piece_sizes(model, x.device), model.num_exits - 1
+    steps, h = {}, in_layout(x)
+
+    def time_ms(step: str, fn) -> torch.Tensor:
+        result = fn()  # warm-up, and the input of the next step
+        start = now()
+        for _ in range(rounds):
+            fn()
+        steps[step] = 1000 * (now() - start) / rounds / len(x)
+        return result
+
+    for b in range(last + 1):
+        source = h
+        pieces = _pieces(len(source), sizes[b])
+        outs = time_ms(f"segment {b}", lambda: [model.run_segment(b, source[piece]) for piece in pieces])
+        h = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if b < last:
+            time_ms(f"head {b}", lambda: [_exit_outputs(model.branches[b], out, "entropy") for out in outs])
+    time_ms("classifier", lambda: model.classifier(h))
+    return steps
+
+
+def full_batch_ideal(steps: dict, fractions: list[float]) -> float:
+    """ms per image of early exit at full-batch efficiency: each step's full-batch time x the share reaching it."""
+    reached, total = 1.0, 0.0
+    for b in range(len(fractions)):
+        total += reached * (steps[f"segment {b}"] + steps.get(f"head {b}", steps["classifier"]))
+        reached -= fractions[b]
+    return total
 
 
 def main(args) -> dict:
@@ -215,6 +260,13 @@ def main(args) -> dict:
     }
     result["measured_over_predicted"] = result["measured_speedup"] / result["macs_speedup"]
     result["steps_predicted_ms_per_image"] = predicted_steps(macs, fractions, total_ms["plain"])
+    with torch.inference_mode():
+        full = full_batch_steps(model, batches[0], args.rounds, now)
+    ideal = full_batch_ideal(full, fractions)
+    result["steps_full_batch_ms_per_image"] = full
+    result["full_batch_ideal"] = {"ms_per_image": ideal, "speedup": total_ms["plain"] / ideal,
+                                  "over_macs": total_ms["plain"] / ideal / result["macs_speedup"],
+                                  "measured_over_ideal": ideal / total_ms["early_exit"]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"profile_early_exit_{device.type}_{name}_b{args.batch_size}{'_whole-batches' if args.whole_batches else ''}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -234,6 +286,10 @@ def report(result: dict) -> None:
         kinds[step.split()[0]] = kinds.get(step.split()[0], 0.0) + ms
     for kind, ms in sorted(kinds.items(), key=lambda item: -item[1]):
         print(f"  {kind:<12} {ms:8.4f} ms/image  {100 * ms / total:5.1f}%")
+    ideal = result["full_batch_ideal"]
+    print(f"  every step at full-batch efficiency, no decisions or compaction: {ideal['ms_per_image']:.4f} ms/image, "
+          f"{ideal['speedup']:.2f}x ({ideal['over_macs']:.2f} of the MAC prediction); measured reaches "
+          f"{ideal['measured_over_ideal']:.2f} of it")
     predicted = result["steps_predicted_ms_per_image"]
     print(f"    {'step':<14} {'ms/image':>8}  {'at plain rate':>13}")
     for step, ms in result["steps_ms_per_image"].items():

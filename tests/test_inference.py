@@ -309,8 +309,14 @@ def test_a_piece_that_leaves_whole_keeps_the_calls_layout(monkeypatch):
     assert inference._pieces(len(x), 10)[0] == slice(0, 10)
     calls = iter(range(10**6))
     real_fires = inference.fires
-    monkeypatch.setattr(inference, "fires", lambda criterion, score, threshold: (
-        torch.ones_like(real_fires(criterion, score, threshold)) if next(calls) == 0 else real_fires(criterion, score, threshold)))
+
+    def first_piece_fires(criterion, score, threshold):  # the first decision (exit 0's): the first piece's samples leave
+        fired = real_fires(criterion, score, threshold)
+        if next(calls) == 0:
+            fired[:10] = True
+        return fired
+
+    monkeypatch.setattr(inference, "fires", first_piece_fires)
     layouts, real_segment = [], model.run_segment
     monkeypatch.setattr(model, "run_segment", lambda b, h: (layouts.append((b, h.is_contiguous(memory_format=torch.channels_last))),
                                                             real_segment(b, h))[1])
