@@ -27,6 +27,11 @@ percentile over batches are more than the few values there are; each round gives
 (total times), and the reported batched speed-up is the pooled one, with the rounds' spread. The batched
 mean (`ms_per_image`, also `mean_ms`) is total time / images timed (a smaller last batch counts for its size).
 
+The same images are also timed as one stream (`early_exit_stream`, `stream` in timing.json): batches of
+batch_size enter one after another and the samples that stay queue before their next segment, which runs
+on full batches only; its throughput speed-up over the plain network comes with what it costs: per image,
+the input batches that entered after its own before it was decided (0 for most; the deep ones wait).
+
 Measured speed-up = plain latency / early-exit latency (Scardapane et al. 2020 report the MAC ratio only);
 it is written beside the MAC-predicted speed-up plain_macs / mean MACs of the exits actually taken.
 Latencies are in milliseconds per image. repro.steps.time_run writes them to RUN/timing.json with the
@@ -162,6 +167,8 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
         batches, rounds, now,
     )
 
+    stream = _time_stream(model, batches, criterion, thresholds, batch_size, rounds, now)
+
     batch1 = {name: latency_stats(values) for name, values in per_image.items()}
     batch1_speedup = batch1["plain"]["mean_ms"] / batch1["early_exit"]["mean_ms"]
     batched_speedup = batched["plain"]["ms_per_image"] / batched["early_exit"]["ms_per_image"]
@@ -190,8 +197,39 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
         "macs_speedup": macs_speedup,
         "batch1_statistic": BATCH1_STATISTIC,
         "measured_over_predicted": {key: measured[key] / macs_speedup for key in ("batch1", "batched")},
+        "stream": {**stream, "over_predicted": stream["speedup"] / macs_speedup},
         "early_exit_accuracy": (predictions == targets.cpu()).double().mean().item(),
         "exit_fractions": (torch.bincount(torch.cat([r.exits for r in results]), minlength=model.num_exits).double() / len(x)).tolist(),
+    }
+
+
+def _time_stream(model, batches: list[torch.Tensor], criterion: str, thresholds, batch_size: int, rounds: int, now) -> dict:
+    """The images as one stream (`early_exit_stream`: every segment on full batches), `rounds` times, each
+    time beside the plain network over the same batches: throughput speed-up (pooled, and per round), and
+    the latency it costs: per image, the input batches that entered after its own before it was decided."""
+    from repro.models.inference import early_exit_stream, run_plain
+
+    x = torch.cat(batches)
+    result = early_exit_stream(model, x, criterion, thresholds, batch_size)  # warm-up; the waits are the same every time
+    plain_ms, stream_ms, speedups = 0.0, 0.0, []
+    for _ in range(rounds):
+        start = now()
+        for batch in batches:
+            run_plain(model, batch)
+        plain = (now() - start) * 1000.0
+        start = now()
+        early_exit_stream(model, x, criterion, thresholds, batch_size)
+        elapsed = (now() - start) * 1000.0
+        plain_ms, stream_ms = plain_ms + plain, stream_ms + elapsed
+        speedups.append(plain / elapsed)
+    waited = sorted(result.waited.tolist())
+    return {
+        "ms_per_image": stream_ms / (rounds * len(x)),
+        "plain_ms_per_image": plain_ms / (rounds * len(x)),
+        "speedup": plain_ms / stream_ms,
+        "rounds": speedups,
+        "waited_batches": {"mean": sum(waited) / len(waited), "p95": waited[nearest_rank(len(waited), 95)],
+                           "max": waited[-1], "share_delayed": sum(w > 0 for w in waited) / len(waited)},
     }
 
 

@@ -242,6 +242,12 @@ def test_batch1_latency_is_the_mean_over_images_of_each_images_median_over_repea
     monkeypatch.setattr(inference, "run_every_exit", lambda model, batch: spend("full", batch, lambda i, c: 6.0))
     monkeypatch.setattr(inference, "early_exit_single", early)
     monkeypatch.setattr(inference, "early_exit_batched", lambda model, batch, criterion, thresholds: early(model, batch, criterion, thresholds))
+    def stream(model, batch, criterion, thresholds, batch_size):  # 2 ms a pass: its own 1 ms and early's
+        spend("stream", batch, None)
+        predictions, exits, macs = early(model, batch, criterion, thresholds)
+        return inference.StreamResult(predictions, exits, macs, torch.tensor([0, 0, 2]))
+
+    monkeypatch.setattr(inference, "early_exit_stream", stream)
     monkeypatch.setattr(timing, "wall_clock", lambda device: lambda: clock["now"])
     x = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
     class TwoExits(torch.nn.Module):
@@ -258,6 +264,11 @@ def test_batch1_latency_is_the_mean_over_images_of_each_images_median_over_repea
     assert speedup["batch1_rounds"] == pytest.approx([4 / 3, 16 / 3, 4 / 3])
     assert speedup["batch1_spread"] == pytest.approx((16 / 3 - 4 / 3) / (4 / 3))
     assert result["macs_speedup"] == pytest.approx(2.0) and result["measured_over_predicted"]["batch1"] == pytest.approx(2 / 3)
+    # The stream: each round one plain batch (1 ms) beside one stream pass (2 ms: its own 1 ms and early's 1 ms).
+    stream = result["stream"]
+    assert stream["speedup"] == pytest.approx(0.5) and stream["rounds"] == pytest.approx([0.5] * result["batch_rounds"])
+    assert stream["ms_per_image"] == pytest.approx(2 / 3) and stream["over_predicted"] == pytest.approx(0.25)
+    assert stream["waited_batches"] == {"mean": pytest.approx(2 / 3), "p95": 2, "max": 2, "share_delayed": pytest.approx(1 / 3)}
 
 
 def test_entropy_method_and_baseline_operating_points(tmp_path):

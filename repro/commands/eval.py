@@ -72,6 +72,16 @@ def exit_table(summary: dict):
     return table
 
 
+def _stream_caption(stream: dict | None, size: int) -> str:
+    """The stream's throughput and what it costs in waiting (a timing.json from before it has none)."""
+    if not stream:
+        return ""
+    waited = stream["waited_batches"]
+    return (f"; as a stream (every segment on full batches of {size}) {stream['speedup']:.2f}x, "
+            f"{waited['share_delayed']:.0%} of the images waiting {waited['mean']:.1f} batches on average "
+            f"(p95 {waited['p95']}, max {waited['max']})")
+
+
 def timing_table(timing: dict):
     """Mean, median and p95 latency per image (ms) of each path, at batch 1 and in batches."""
     from rich.table import Table
@@ -84,6 +94,7 @@ def timing_table(timing: dict):
             f"image's {timing['measured_speedup']['batch1_median']:.2f}x), "
             f"{timing['measured_speedup']['batched']:.2f}x (batch {size}); "
             f"MAC-predicted {timing['macs_speedup']:.2f}x"
+            + _stream_caption(timing.get("stream"), size)
         ),
     )
     table.add_column("path")
