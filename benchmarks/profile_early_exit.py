@@ -136,14 +136,15 @@ def predicted_steps(costs, fractions: list[float], plain_ms: float) -> dict:
     return predicted
 
 
-def full_batch_steps(model, x: torch.Tensor, rounds: int, now) -> dict:
+def full_batch_steps(model, x: torch.Tensor, criterion: str, rounds: int, now) -> dict:
     """Each segment and exit head (pieces as early_exit_batched cuts them) and the final classifier timed on
     the whole batch x, every sample reaching it: {step: ms per image}. Weighted by the fraction of images that
     reach each step, they give what early exit would cost with every step at full-batch efficiency and no
     decisions or compaction: the part of the gap to the MAC prediction that no scheduling can close."""
     from repro.models.inference import _exit_outputs, _pieces, in_layout, piece_sizes
 
-    sizes, last = piece_sizes(model, x.device), model.num_exits - 1
+    last = model.num_exits - 1
+    sizes = [*piece_sizes(model, x.device)[:last], piece_sizes(model, x.device, heads=False)[last]]  # as early exit cuts them
     steps, h = {}, in_layout(x)
 
     def time_ms(step: str, fn) -> torch.Tensor:
@@ -160,7 +161,7 @@ def full_batch_steps(model, x: torch.Tensor, rounds: int, now) -> dict:
         outs = time_ms(f"segment {b}", lambda: [model.run_segment(b, source[piece]) for piece in pieces])
         h = outs[0] if len(outs) == 1 else torch.cat(outs)
         if b < last:
-            time_ms(f"head {b}", lambda: [_exit_outputs(model.branches[b], out, "entropy") for out in outs])
+            time_ms(f"head {b}", lambda: [_exit_outputs(model.branches[b], out, criterion) for out in outs])
     time_ms("classifier", lambda: model.classifier(h))
     return steps
 
@@ -261,7 +262,7 @@ def main(args) -> dict:
     result["measured_over_predicted"] = result["measured_speedup"] / result["macs_speedup"]
     result["steps_predicted_ms_per_image"] = predicted_steps(macs, fractions, total_ms["plain"])
     with torch.inference_mode():
-        full = full_batch_steps(model, batches[0], args.rounds, now)
+        full = full_batch_steps(model, batches[0], criterion, args.rounds, now)
     ideal = full_batch_ideal(full, fractions)
     result["steps_full_batch_ms_per_image"] = full
     result["full_batch_ideal"] = {"ms_per_image": ideal, "speedup": total_ms["plain"] / ideal,

@@ -27,8 +27,8 @@ percentile over batches are more than the few values there are; each round gives
 (total times), and the reported batched speed-up is the pooled one, with the rounds' spread. The batched
 mean (`ms_per_image`, also `mean_ms`) is total time / images timed (a smaller last batch counts for its size).
 
-The same images are also timed as one stream (`early_exit_stream`, `stream` in timing.json): batches of
-batch_size enter one after another and the samples that stay queue before their next segment, which runs
+The same images are also timed as one stream (`early_exit_stream`, `stream` in timing.json; repeated
+until it holds STREAM_MIN_BATCHES batches): batches of batch_size enter one after another and the samples that stay queue before their next segment, which runs
 on full batches only; its throughput speed-up over the plain network comes with what it costs: per image,
 the input batches that entered after its own before it was decided (0 for most; the deep ones wait).
 
@@ -52,6 +52,7 @@ from repro.errors import ReproError
 WARMUP_IMAGES = 5  # per path, untimed: first calls allocate buffers and pick kernels
 # Per path: fewer batches than this are timed again in rounds (a p95 over 4 batches would be their maximum).
 MIN_TIMED_BATCHES = 10
+STREAM_MIN_BATCHES = 20  # input batches a timed stream holds at least (the images repeated): see _time_stream
 REPEATS = 3  # passes over all images, each giving one speed-up: their spread says how far to trust it
 SPREAD_WARNING = 0.2  # a relative spread of the repeats' speed-ups above this is too large to read a speed-up from
 # What timing.json's batch-1 latencies and speed-up are, and which images: a file without these (an older
@@ -206,15 +207,20 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
 def _time_stream(model, batches: list[torch.Tensor], criterion: str, thresholds, batch_size: int, rounds: int, now) -> dict:
     """The images as one stream (`early_exit_stream`: every segment on full batches), `rounds` times, each
     time beside the plain network over the same batches: throughput speed-up (pooled, and per round), and
-    the latency it costs: per image, the input batches that entered after its own before it was decided."""
+    the latency it costs: per image, the input batches that entered after its own before it was decided.
+    The images are repeated until the stream holds STREAM_MIN_BATCHES batches: in a stream of four, the
+    deep segments would run once, on what waits when it ends, and no wait could exceed three batches."""
     from repro.models.inference import early_exit_stream, run_plain
 
-    x = torch.cat(batches)
+    images = torch.cat(batches)
+    copies = max(1, math.ceil(STREAM_MIN_BATCHES * batch_size / len(images)))
+    x = images.repeat(copies, *([1] * (images.dim() - 1))) if copies > 1 else images
+    plain_batches = [x[s : s + batch_size] for s in range(0, len(x), batch_size)]
     result = early_exit_stream(model, x, criterion, thresholds, batch_size)  # warm-up; the waits are the same every time
     plain_ms, stream_ms, speedups = 0.0, 0.0, []
     for _ in range(rounds):
         start = now()
-        for batch in batches:
+        for batch in plain_batches:
             run_plain(model, batch)
         plain = (now() - start) * 1000.0
         start = now()
@@ -223,13 +229,18 @@ def _time_stream(model, batches: list[torch.Tensor], criterion: str, thresholds,
         plain_ms, stream_ms = plain_ms + plain, stream_ms + elapsed
         speedups.append(plain / elapsed)
     waited = sorted(result.waited.tolist())
+    delayed = [w for w in waited if w > 0]
     return {
+        "images": len(x),
+        "input_batches": len(plain_batches),
         "ms_per_image": stream_ms / (rounds * len(x)),
         "plain_ms_per_image": plain_ms / (rounds * len(x)),
         "speedup": plain_ms / stream_ms,
         "rounds": speedups,
+        # Over every image (0 for those decided in their own step), and over the images that waited at all.
         "waited_batches": {"mean": sum(waited) / len(waited), "p95": waited[nearest_rank(len(waited), 95)],
-                           "max": waited[-1], "share_delayed": sum(w > 0 for w in waited) / len(waited)},
+                           "max": waited[-1], "share_delayed": len(delayed) / len(waited),
+                           "mean_delayed": sum(delayed) / len(delayed) if delayed else 0.0},
     }
 
 

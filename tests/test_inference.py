@@ -233,10 +233,12 @@ def test_large_batches_still_equal_the_reference(name):
 def test_a_model_without_early_exits_runs_every_path():
     model = create_model("vgg13", 4, exits=[], width=WIDTH).double().eval()
     x = images((3, 32), n=3)
-    for path in (early_exit_single, early_exit_batched, early_exit_stream, run_all_then_select):
+    stream_in_ones = lambda model, x, criterion, thresholds: early_exit_stream(model, x, criterion, thresholds, batch_size=1)
+    for path in (early_exit_single, early_exit_batched, early_exit_stream, stream_in_ones, run_all_then_select):
         result = path(model, x, "entropy", [])
         assert result.exits.tolist() == [0, 0, 0]
         assert torch.equal(result.predictions, run_plain(model, x).argmax(dim=-1))
+    assert early_exit_stream(model, x[:0], "entropy", []).exits.tolist() == []
 
 
 def test_a_training_model_is_run_in_eval_mode_and_left_training():
@@ -306,7 +308,7 @@ def test_a_piece_that_leaves_whole_keeps_the_calls_layout(monkeypatch):
     x = images((3, 32), n=CHANNELS_LAST_MIN_BATCH + 6).float()
     largest = max(max(pair) for pair in model.costs.activation_bytes)
     monkeypatch.setattr(inference, "PIECE_BYTES", 10 * largest)
-    assert inference._pieces(len(x), 10)[0] == slice(0, 10)
+    assert inference._pieces(len(x), inference.piece_sizes(model, x.device)[0])[0] == slice(0, 10)
     calls = iter(range(10**6))
     real_fires = inference.fires
 
@@ -384,3 +386,19 @@ def test_a_streams_waits_count_the_batches_that_entered_before_a_sample_was_deci
             expected[sample] = ran - sample // batch_size
         assert stream.waited.tolist() == expected
         assert (batch_size in (1, len(x))) == (max(expected) == 0)  # batch 1 or one batch: nobody waits
+
+
+def test_a_stream_runs_each_batch_in_the_layout_of_its_batch_size(monkeypatch):
+    """A long stream of small batches stays in the default layout (channels-last is slower below
+    CHANNELS_LAST_MIN_BATCH, and run_plain, its baseline, picks the layout from the batch); large batches
+    run channels-last."""
+    model = create_model("vgg13", 5, 3, 32, width=WIDTH).eval()
+    x = images((3, 32), n=CHANNELS_LAST_MIN_BATCH + 6).float()
+    layouts, real_segment = [], model.run_segment
+    monkeypatch.setattr(model, "run_segment", lambda b, h: (layouts.append(h.is_contiguous(memory_format=torch.channels_last)
+                                                                           and not h.is_contiguous()), real_segment(b, h))[1])
+    early_exit_stream(model, x, "entropy", 0.0, batch_size=4)
+    assert layouts and not any(layouts)
+    layouts.clear()
+    early_exit_stream(model, x, "entropy", 0.0, batch_size=CHANNELS_LAST_MIN_BATCH)
+    assert layouts and all(layouts)

@@ -77,9 +77,9 @@ def _stream_caption(stream: dict | None, size: int) -> str:
     if not stream:
         return ""
     waited = stream["waited_batches"]
-    return (f"; as a stream (every segment on full batches of {size}) {stream['speedup']:.2f}x, "
-            f"{waited['share_delayed']:.0%} of the images waiting {waited['mean']:.1f} batches on average "
-            f"(p95 {waited['p95']}, max {waited['max']})")
+    return (f"; as a stream of {stream['input_batches']} batches (every segment on full batches of {size}) "
+            f"{stream['speedup']:.2f}x, {waited['share_delayed']:.0%} of the images waiting, those "
+            f"{waited['mean_delayed']:.1f} batches on average (p95 over all images {waited['p95']}, max {waited['max']})")
 
 
 def timing_table(timing: dict):

@@ -281,16 +281,18 @@ class _Queue:
 def early_exit_stream(model, x: torch.Tensor, criterion: str, thresholds, batch_size: int = 256) -> StreamResult:
     """x [N, C, H, W] as a stream entering `batch_size` at a time, each segment run on full batches.
 
-    `early_exit_batched` runs a batch's survivors on at once, so later segments see ever smaller, ragged
-    batches (of 256 images, about 75 reach the second segment of a trained bnet VGG-13 and 17 the final
-    classifier, whose weights are then read for 17 images). Here the survivors queue before their next
-    segment, which runs only when batch_size of them wait (and, once the stream ends, on what is left), so
-    every segment works on full batches. The price is latency: a sample that goes deep waits until enough
-    later samples reach its segment. `waited` counts, per sample, the input batches that entered after
-    its own before it was decided (0 for every sample that leaves where early_exit_batched would have it
-    leave in its own call); a sample's latency is about (waited + 1) batch steps.
+    `early_exit_batched` runs each batch's survivors on together, so later segments see ever smaller,
+    ragged batches (of 256 images, about 75 reach the second segment of a trained bnet VGG-13 and 17 the
+    final classifier, whose weights are then read for 17 images). Here the survivors queue before their
+    next segment, which runs only when batch_size of them wait (and, once the stream ends, on what is left),
+    so every segment works on full batches but for its last call. The price is latency: a sample that goes
+    deep waits until enough later samples reach its segment. `waited` counts, per sample, the input
+    batches that entered after its own before it was decided (0 for a sample decided in the step its batch
+    entered: every sample that leaves at the first exit, for one); a sample's latency is about (waited + 1)
+    batch steps. The stream's end runs whatever waits, so a short stream's waits are cut short.
     The exits and predictions are early_exit_batched's (each sample's scores depend on it alone, up to
-    the rounding `memory_layout` describes)."""
+    the rounding `memory_layout` describes); the layout is the one a batch of batch_size runs in.
+    """
     values = _prepare(model, x, criterion, thresholds)
     _check_batch_size(batch_size, allow_none=False)
     last = model.num_exits - 1
@@ -315,7 +317,7 @@ def early_exit_stream(model, x: torch.Tensor, criterion: str, thresholds, batch_
 
     with _eval_mode(model):
         for step, start in enumerate(starts):
-            h = in_layout(x[start : start + batch_size], len(x))
+            h = in_layout(x[start : start + batch_size], min(batch_size, len(x)))  # a batch's layout, as run_plain's
             run(0, h, torch.arange(start, start + len(h), device=x.device), step)
             for b in range(1, last + 1):  # shallow first, so that a segment's survivors can fill the next batch
                 while queues[b].count >= batch_size:
