@@ -28,8 +28,8 @@ percentile over batches are more than the few values there are; each round gives
 mean (`ms_per_image`, also `mean_ms`) is total time / images timed (a smaller last batch counts for its size).
 
 The same images are also timed as one stream (`early_exit_stream`, `stream` in timing.json; repeated
-until it holds STREAM_MIN_BATCHES batches): batches of batch_size enter one after another and the samples that stay queue before their next segment, which runs
-on full batches only; its throughput speed-up over the plain network comes with what it costs: per image,
+towards STREAM_MIN_BATCHES batches, REPEATS passes): batches of batch_size enter one after another and
+the samples that stay queue before their next segment, which runs on full batches only; its throughput speed-up over the plain network comes with what it costs: per image,
 the input batches that entered after its own before it was decided (0 for most; the deep ones wait).
 
 Measured speed-up = plain latency / early-exit latency (Scardapane et al. 2020 report the MAC ratio only);
@@ -52,7 +52,8 @@ from repro.errors import ReproError
 WARMUP_IMAGES = 5  # per path, untimed: first calls allocate buffers and pick kernels
 # Per path: fewer batches than this are timed again in rounds (a p95 over 4 batches would be their maximum).
 MIN_TIMED_BATCHES = 10
-STREAM_MIN_BATCHES = 20  # input batches a timed stream holds at least (the images repeated): see _time_stream
+STREAM_MIN_BATCHES = 20  # input batches a timed stream aims at (the images repeated): see _time_stream
+STREAM_MAX_COPIES = 5  # ... repeated at most this often (the demo's 100 images would otherwise be timed 52 times over)
 REPEATS = 3  # passes over all images, each giving one speed-up: their spread says how far to trust it
 SPREAD_WARNING = 0.2  # a relative spread of the repeats' speed-ups above this is too large to read a speed-up from
 # What timing.json's batch-1 latencies and speed-up are, and which images: a file without these (an older
@@ -168,7 +169,7 @@ def measure(model, x: torch.Tensor, targets: torch.Tensor, criterion: str, thres
         batches, rounds, now,
     )
 
-    stream = _time_stream(model, batches, criterion, thresholds, batch_size, rounds, now)
+    stream = _time_stream(model, batches, criterion, thresholds, batch_size, repeats, now)
 
     batch1 = {name: latency_stats(values) for name, values in per_image.items()}
     batch1_speedup = batch1["plain"]["mean_ms"] / batch1["early_exit"]["mean_ms"]
@@ -208,12 +209,13 @@ def _time_stream(model, batches: list[torch.Tensor], criterion: str, thresholds,
     """The images as one stream (`early_exit_stream`: every segment on full batches), `rounds` times, each
     time beside the plain network over the same batches: throughput speed-up (pooled, and per round), and
     the latency it costs: per image, the input batches that entered after its own before it was decided.
-    The images are repeated until the stream holds STREAM_MIN_BATCHES batches: in a stream of four, the
-    deep segments would run once, on what waits when it ends, and no wait could exceed three batches."""
+    The images are repeated (at most STREAM_MAX_COPIES times) towards STREAM_MIN_BATCHES batches: in a stream
+    of four, the deep segments would run once, on what waits when it ends, and no wait could exceed three
+    batches. `rounds` passes of a stream that long already average 20 batches each."""
     from repro.models.inference import early_exit_stream, run_plain
 
     images = torch.cat(batches)
-    copies = max(1, math.ceil(STREAM_MIN_BATCHES * batch_size / len(images)))
+    copies = min(STREAM_MAX_COPIES, max(1, math.ceil(STREAM_MIN_BATCHES * batch_size / len(images))))
     x = images.repeat(copies, *([1] * (images.dim() - 1))) if copies > 1 else images
     plain_batches = [x[s : s + batch_size] for s in range(0, len(x), batch_size)]
     result = early_exit_stream(model, x, criterion, thresholds, batch_size)  # warm-up; the waits are the same every time

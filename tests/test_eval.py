@@ -264,12 +264,12 @@ def test_batch1_latency_is_the_mean_over_images_of_each_images_median_over_repea
     assert speedup["batch1_rounds"] == pytest.approx([4 / 3, 16 / 3, 4 / 3])
     assert speedup["batch1_spread"] == pytest.approx((16 / 3 - 4 / 3) / (4 / 3))
     assert result["macs_speedup"] == pytest.approx(2.0) and result["measured_over_predicted"]["batch1"] == pytest.approx(2 / 3)
-    # The stream: the 3 images repeated to STREAM_MIN_BATCHES batches (60 images); each round 20 plain batches
-    # (1 ms each) beside one stream pass (2 ms: its own 1 ms and early's 1 ms).
+    # The stream: the 3 images repeated STREAM_MAX_COPIES times (15 images, 5 batches); each of the 3 repeats
+    # times 5 plain batches (1 ms each) beside one stream pass (2 ms: its own 1 ms and early's 1 ms).
     stream = result["stream"]
-    assert timing.STREAM_MIN_BATCHES == 20 and stream["images"] == 60 and stream["input_batches"] == 20
-    assert stream["speedup"] == pytest.approx(10.0) and stream["rounds"] == pytest.approx([10.0] * result["batch_rounds"])
-    assert stream["ms_per_image"] == pytest.approx(2 / 60) and stream["over_predicted"] == pytest.approx(5.0)
+    assert timing.STREAM_MAX_COPIES == 5 and stream["images"] == 15 and stream["input_batches"] == 5
+    assert stream["speedup"] == pytest.approx(2.5) and stream["rounds"] == pytest.approx([2.5] * 3)
+    assert stream["ms_per_image"] == pytest.approx(2 / 15) and stream["over_predicted"] == pytest.approx(1.25)
     assert stream["waited_batches"] == {"mean": pytest.approx(2 / 3), "p95": 2, "max": 2, "share_delayed": pytest.approx(1 / 3),
                                         "mean_delayed": 2.0}
 
