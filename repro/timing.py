@@ -29,8 +29,8 @@ mean (`ms_per_image`, also `mean_ms`) is total time / images timed (a smaller la
 
 The same images are also timed as one stream (`early_exit_stream`, `stream` in timing.json; repeated
 towards STREAM_MIN_BATCHES batches, REPEATS passes): batches of batch_size enter one after another and
-the samples that stay queue before their next segment, which runs on full batches only; its throughput speed-up over the plain network comes with what it costs: per image,
-the input batches that entered after its own before it was decided (0 for most; the deep ones wait).
+the samples that stay queue before their next segment, which runs on full batches only; its throughput
+speed-up over the plain network comes with what it costs: per image, the input batches that entered after its own before it was decided (0 for most; the deep ones wait).
 
 Measured speed-up = plain latency / early-exit latency (Scardapane et al. 2020 report the MAC ratio only);
 it is written beside the MAC-predicted speed-up plain_macs / mean MACs of the exits actually taken.
