@@ -277,3 +277,49 @@ def test_the_fast_inference_pool_gives_max_pool2d_exactly(size, channels_last):
     with torch.no_grad():
         assert torch.equal(MaxPool2x2()(x), expected)
     assert torch.equal(MaxPool2x2()(x), expected)  # with gradients: max_pool2d itself
+
+
+def test_the_conv_head_pools_before_its_relu_and_gives_the_report_branchs_numbers():
+    """conv -> pool -> ReLU is conv -> ReLU -> pool (a maximum commutes with the ReLU), with and without
+    gradients, and its gradient reaches the same weights."""
+    from repro.models.exits import ExitBranch
+
+    torch.manual_seed(0)
+    branch = ExitBranch(torch.Size([8, 7, 7]), 5).double()
+    conv = branch.features[0]
+    x = torch.randn(4, 8, 7, 7, dtype=torch.float64)
+    report = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True), nn.Flatten())
+    expected = branch.classify(report(x))
+    with torch.no_grad():
+        assert torch.equal(branch.features(x).flatten(1), report(x))
+    logits, _, _ = branch(x)
+    assert torch.equal(logits, expected)
+    logits.sum().backward()
+    ours = conv.weight.grad.clone()
+    conv.weight.grad = None
+    expected.sum().backward()
+    assert torch.allclose(conv.weight.grad, ours, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_channels_last_map_is_classified_in_its_own_order_with_the_same_numbers(dtype):
+    """Without gradients, ExitBranch.logits reads a channels-last map with a permuted copy of classify's
+    weight (no copy of the map): the flattened product's numbers (float64: to 1e-12; float32: to its
+    rounding), refreshed when the weight changes; with gradients, or for a contiguous map, the plain flatten."""
+    from repro.models.exits import ExitBranch
+
+    torch.manual_seed(0)
+    branch = ExitBranch(torch.Size([16, 8, 8]), 10, channels=16).to(dtype)  # maps of 16 x 4 x 4
+    maps = torch.relu(torch.randn(70, 16, 4, 4, dtype=dtype))
+    last = maps.contiguous(memory_format=torch.channels_last)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for step in range(2):
+        with torch.no_grad():
+            expected = branch.classify(maps.flatten(1))
+            assert torch.equal(branch.logits(maps), expected)  # contiguous: the flatten itself
+            assert torch.allclose(branch.logits(last), expected, rtol=tolerance, atol=tolerance)
+        with torch.inference_mode():
+            assert torch.allclose(branch.logits(last), expected, rtol=tolerance, atol=tolerance)
+        assert torch.equal(branch.logits(last), branch.classify(last.flatten(1)))  # with gradients
+        with torch.no_grad():  # an optimiser step in place: the permuted weight is made again
+            branch.classify.weight.mul_(-0.5).add_(0.01)

@@ -76,6 +76,7 @@ def measure_costs(model) -> ExitCosts:
             if b < model.num_exits - 1:
                 branch = model.branches[b]
                 features_flops, features = _counted_flops(branch.features, x)
+                features = features.flatten(1)
                 classify_flops, _ = _counted_flops(branch.classify, features)
                 head_flops.append(features_flops + classify_flops)
                 gate_flops.append(_counted_flops(branch.gate, features)[0])

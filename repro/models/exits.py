@@ -40,6 +40,9 @@ class ExitBranch(nn.Module):
     head "conv" (the reproduction report's branch): 3x3 conv to `channels` channels, ReLU, 2x2 max-pool
     (ceil mode, so 1x1 maps work), flatten. head "pool" (a cheaper one): global average pool, flatten.
     Then `classify` (linear -> classes) and `gate` (linear -> 1, sigmoid) both read those features.
+    `features` stops at the map (flattening is the readers' step: see `logits`), and the conv head pools
+    before its ReLU: the same numbers (a maximum commutes with a monotone function), with the ReLU on a
+    quarter of the map.
     """
 
     def __init__(self, feature_shape: torch.Size, num_classes: int, head: str = "conv", channels: int = BRANCH_CHANNELS):
@@ -48,19 +51,19 @@ class ExitBranch(nn.Module):
         if head == "conv":
             self.features = nn.Sequential(
                 nn.Conv2d(in_channels, channels, 3, padding=1),
-                nn.ReLU(inplace=True),
                 MaxPool2x2(),
-                nn.Flatten(),
+                nn.ReLU(inplace=True),
             )
             num_features = channels * math.ceil(height / 2) * math.ceil(width / 2)
         else:
-            self.features = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.features = nn.Sequential(nn.AdaptiveAvgPool2d(1))
             num_features = in_channels
         self.classify = nn.Linear(num_features, num_classes)
         self.gate = nn.Linear(num_features, 1)
         # True: the gate reads a detached copy of the features, so the gate's gradient shapes the gate alone
         # and never the branch or the backbone (one of the learned-gates study's candidates, --gate-detach).
         self.detach_gate_input = False
+        self._nhwc_classify = (None, None)  # (key, weight): classify's weight in (H, W, C) order, for `logits`
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [N, C, H, W] -> (logits [N, classes], gate [N], gate logit [N]).
@@ -68,9 +71,31 @@ class ExitBranch(nn.Module):
         The gate logit is kept in float32 so that, under bf16 autocast, 1 - g is not rounded to 0 or 1
         and the loss can take log g and log(1 - g) as logsigmoid(+-z) without underflow.
         """
-        features = self.features(x)
+        maps = self.features(x)
+        features = maps.flatten(1)
         gate_logit = self.gate_logit(features)
-        return self.classify(features), torch.sigmoid(gate_logit), gate_logit
+        return self.logits(maps, features), torch.sigmoid(gate_logit), gate_logit
+
+    def logits(self, maps: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits [N, classes] from the head's map [N, C, H, W] (`features`: the map flattened, if at hand).
+
+        Without gradients, a channels-last map (H, W, C order in memory, as early exit runs batches of 64 or
+        more on a CPU) is read in its own order by classify's weight permuted to match (made once per weight
+        version), instead of being copied into (C, H, W) order to be flattened: on this project's CPU that
+        copy and the product took 0.017 ms per image at the first exit of a width-0.5 VGG-13, 4% of a batched
+        early-exit call, and the product alone 0.009 (benchmarks/profile_early_exit.py). The same products
+        summed in another order: logits differ by float32 rounding (relative 1e-6) from those of a
+        contiguous map. Every path that runs without gradients (the reference `model(x)`, evaluation,
+        early exit) takes this one, so calls in one layout agree."""
+        n, c, h, w = maps.shape
+        if torch.is_grad_enabled() or h * w == 1 or maps.is_contiguous() or not maps.is_contiguous(memory_format=torch.channels_last):
+            return self.classify(maps.flatten(1) if features is None else features)
+        weight = self.classify.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, c, h, w)
+        if self._nhwc_classify[0] != key:
+            permuted = weight.detach().reshape(-1, c, h, w).permute(0, 2, 3, 1).reshape(len(weight), -1).contiguous()
+            self._nhwc_classify = (key, permuted)
+        return torch.addmm(self.classify.bias, maps.permute(0, 2, 3, 1).reshape(n, -1), self._nhwc_classify[1].t())
 
     def gate_logit(self, features: torch.Tensor) -> torch.Tensor:
         """The gate's logit [N] from the branch features, in float32 at least (the one definition that

@@ -137,9 +137,11 @@ def _exit_outputs(branch, h: torch.Tensor, criterion: str) -> tuple[torch.Tensor
     """An exit's logits, and its gate only where the criterion reads it (entropy and top probability do
     not: a bnet network's gates are never trained). The gate is the branch's own computation
     (ExitBranch.gate_logit), so the gate criterion sees exactly the values training and the reference do."""
-    features = branch.features(h)
-    gate = torch.sigmoid(branch.gate_logit(features)) if criterion == "gate" else None
-    return branch.classify(features), gate
+    maps = branch.features(h)
+    if criterion != "gate":
+        return branch.logits(maps), None
+    features = maps.flatten(1)
+    return branch.logits(maps, features), torch.sigmoid(branch.gate_logit(features))
 
 
 @torch.inference_mode()
