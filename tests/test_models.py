@@ -323,3 +323,19 @@ def test_a_channels_last_map_is_classified_in_its_own_order_with_the_same_number
         assert torch.equal(branch.logits(last), branch.classify(last.flatten(1)))  # with gradients
         with torch.no_grad():  # an optimiser step in place: the permuted weight is made again
             branch.classify.weight.mul_(-0.5).add_(0.01)
+
+
+def test_a_head_made_under_inference_mode_classifies_channels_last_maps_too():
+    """Inference-mode weights have no version counter to key the permuted weight on: it is made each call."""
+    from repro.models.exits import ExitBranch
+
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        branch = ExitBranch(torch.Size([16, 8, 8]), 10, channels=16).double()
+        maps = torch.relu(torch.randn(70, 16, 4, 4, dtype=torch.float64))
+        expected = branch.classify(maps.flatten(1))
+        last = maps.contiguous(memory_format=torch.channels_last)
+        for _ in range(2):
+            assert torch.allclose(branch.logits(last), expected, rtol=1e-12, atol=1e-12)
+            branch.classify.weight.mul_(-0.5)  # in place, untracked: the next call must see it
+            expected = branch.classify(maps.flatten(1))

@@ -91,11 +91,13 @@ class ExitBranch(nn.Module):
         if torch.is_grad_enabled() or h * w == 1 or maps.is_contiguous() or not maps.is_contiguous(memory_format=torch.channels_last):
             return self.classify(maps.flatten(1) if features is None else features)
         weight = self.classify.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, c, h, w)
-        if self._nhwc_classify[0] != key:
+        # A weight made under inference mode has no version counter: it is permuted on every call instead.
+        key = None if weight.is_inference() else (weight.data_ptr(), weight._version, weight.dtype, c, h, w)
+        permuted = self._nhwc_classify[1]
+        if key is None or self._nhwc_classify[0] != key:
             permuted = weight.detach().reshape(-1, c, h, w).permute(0, 2, 3, 1).reshape(len(weight), -1).contiguous()
             self._nhwc_classify = (key, permuted)
-        return torch.addmm(self.classify.bias, maps.permute(0, 2, 3, 1).reshape(n, -1), self._nhwc_classify[1].t())
+        return torch.addmm(self.classify.bias, maps.permute(0, 2, 3, 1).reshape(n, -1), permuted.t())
 
     def gate_logit(self, features: torch.Tensor) -> torch.Tensor:
         """The gate's logit [N] from the branch features, in float32 at least (the one definition that
