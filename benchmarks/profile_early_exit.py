@@ -58,7 +58,7 @@ def fraction_thresholds(model, x: torch.Tensor, fractions) -> torch.Tensor:
 def profile_batch(model, x: torch.Tensor, criterion: str, values: list[float], now) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """early_exit_batched's steps on one batch (its pieces, and one decision over them, included), each timed: ({step name: s}, exits, predictions)."""
     from repro.criteria import fires, scores
-    from repro.models.inference import _exit_outputs, _pieces, in_layout, piece_sizes
+    from repro.models.inference import _exit_outputs, _pieces, gather_survivors, in_layout, piece_sizes
 
     timings = {}
 
@@ -102,8 +102,7 @@ def profile_batch(model, x: torch.Tensor, criterion: str, values: list[float], n
             exits[left] = b
             predictions[left] = logits[fired].argmax(dim=-1)
             stay = ~fired
-            kept = [out[stay[piece]] for out, piece in zip(outs, pieces) if stay[piece].any()]
-            h = None if not kept else kept[0] if len(kept) == 1 else torch.cat(kept)
+            h = gather_survivors(outs, pieces, stay)
             active = active[stay]
         timed(f"compaction {b}", start)
         if h is None:

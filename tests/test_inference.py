@@ -339,6 +339,29 @@ def test_pieces_are_near_equal_and_cover_the_batch():
         assert max(lengths) <= size and max(lengths) - min(lengths) <= 1 and len(pieces) == -(-n // size)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_survivors_are_gathered_in_order_in_the_pieces_layout(layout):
+    """gather_survivors equals boolean indexing of the joined pieces, keeps their memory layout (a later
+    segment runs in the call's layout), returns None when no sample stays, and a single piece untouched."""
+    from repro.models.inference import _pieces, gather_survivors
+
+    torch.manual_seed(0)
+    whole = torch.randn(23, 5, 4, 3, dtype=torch.float64)
+    pieces = _pieces(len(whole), 8)
+    outs = [whole[piece].contiguous(memory_format=layout) for piece in pieces]
+    stay = torch.rand(len(whole)) < 0.5
+    stay[8:16] = False  # a piece without survivors
+    gathered = gather_survivors(outs, pieces, stay)
+    assert torch.equal(gathered, whole[stay]) and gathered.is_contiguous(memory_format=layout)
+    assert gather_survivors(outs, pieces, torch.zeros(len(whole), dtype=torch.bool)) is None
+    one = whole.contiguous(memory_format=layout)
+    assert gather_survivors([one], [slice(0, len(one))], torch.ones(len(one), dtype=torch.bool)) is one
+    pieces = _pieces(15, 8)
+    features = [torch.randn(piece.stop - piece.start, 6) for piece in pieces]  # 2-d outputs: rows as they are
+    mask = torch.tensor([True, False] * 7 + [True])
+    assert torch.equal(gather_survivors(features, pieces, mask), torch.cat(features)[mask])
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_a_stream_equals_the_reference_and_runs_every_segment_on_full_batches(name, monkeypatch):
     """float64: the stream gives the reference's exits, predictions and MACs and does exactly the exits'
