@@ -207,12 +207,15 @@ def _exit_step(model, branches, b: int, h: torch.Tensor, active: torch.Tensor, s
     return None if kept is None else (kept, active[stay])
 
 
+def _is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-d map stored (N, H, W, C) and not also contiguous (where both orders coincide, rows are the same)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def _sample_rows(t: torch.Tensor) -> torch.Tensor:
     """A view [N, -1] of t [N, ...] with one row per sample: each sample of a contiguous or channels-last map
     is one block of memory, in (C, H, W) or (H, W, C) order."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).view(len(t), -1)
-    return t.view(len(t), -1)
+    return t.permute(0, 2, 3, 1).view(len(t), -1) if _is_channels_last(t) else t.view(len(t), -1)
 
 
 def gather_survivors(outs: list[torch.Tensor], pieces: list[slice], stay: torch.Tensor) -> torch.Tensor | None:
@@ -230,7 +233,7 @@ def gather_survivors(outs: list[torch.Tensor], pieces: list[slice], stay: torch.
     first = outs[0]
     if len(kept) == 1 and total == len(first):
         return first
-    layout = torch.channels_last if first.dim() == 4 and not first.is_contiguous() else torch.contiguous_format
+    layout = torch.channels_last if _is_channels_last(first) else torch.contiguous_format
     result = torch.empty((total, *first.shape[1:]), dtype=first.dtype, device=first.device, memory_format=layout)
     rows, at = _sample_rows(result), 0
     for out, index in kept:
