@@ -238,7 +238,12 @@ def test_a_model_without_early_exits_runs_every_path():
         result = path(model, x, "entropy", [])
         assert result.exits.tolist() == [0, 0, 0]
         assert torch.equal(result.predictions, run_plain(model, x).argmax(dim=-1))
-    assert early_exit_stream(model, x[:0], "entropy", []).exits.tolist() == []
+        assert result.macs.tolist() == [model.costs.plain_macs] * 3
+        assert (result.predictions.dtype, result.exits.dtype, result.macs.dtype) == (torch.long, torch.long, torch.float64)
+    for path in (early_exit_single, early_exit_stream):
+        assert path(model, x[:0], "entropy", []).exits.tolist() == []
+    one = early_exit_single(model, x[1:2], "entropy", [])
+    assert one.predictions.tolist() == run_plain(model, x[1:2]).argmax(dim=-1).tolist() and one.exits.tolist() == [0]
 
 
 def test_a_training_model_is_run_in_eval_mode_and_left_training():

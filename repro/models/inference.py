@@ -154,6 +154,8 @@ def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> Ear
     op instead of about ten) or the gate read once."""
     values = _prepare(model, x, criterion, thresholds)
     last = model.num_exits - 1
+    if last == 0:
+        return _without_early_exits(model, x)
     branches = tuple(model.branches)  # indexing the ModuleList costs ~2 us an exit
     predictions, exits = [], []  # Python ints, made tensors once: a tensor write per sample costs more
     with _eval_mode(model):
@@ -174,6 +176,22 @@ def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> Ear
                 exits.append(last)
                 predictions.append(model.classifier(model.run_segment(last, h)).argmax(dim=-1).item())
     return _result(model, predictions, exits)
+
+
+def _without_early_exits(model, x: torch.Tensor) -> EarlyExitResult:
+    """`early_exit_single` for a network without early exits: each sample through the plain network, nothing
+    to decide. Why apart: after a forward pass at batch 1 each further tensor operation runs with cold caches
+    (~15-20 us each on this project's CPU, against 2-5 us in a warm loop), and the general path's Python ints
+    (a read of the prediction, then a tensor built from each list) took three more of them than the
+    prediction's argmax and two filled tensors here: 2% of a width-0.5 VGG-13's 4.6 ms call
+    (benchmarks/bench_call_overhead.py)."""
+    n = len(x)
+    with _eval_mode(model):
+        predicted = [model.classifier(model.run_segment(0, x if n == 1 else x[i : i + 1])).argmax(dim=-1)
+                     for i in range(n)]  # the one sample of a batch of one is x itself: no slice
+    predictions = predicted[0] if n == 1 else torch.cat(predicted) if n else torch.empty(0, dtype=torch.long)
+    macs = torch.full((n,), model.costs.cumulative_macs[0], dtype=torch.float64)
+    return EarlyExitResult(predictions.cpu(), torch.zeros(n, dtype=torch.long), macs)
 
 
 def _exit_step(model, branches, b: int, h: torch.Tensor, active: torch.Tensor, size: int, criterion: str, value: float,
