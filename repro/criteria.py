@@ -98,14 +98,15 @@ def threshold_list(thresholds, num_early_exits: int) -> list[float]:
         values = [float(value) for value in thresholds]
     else:
         values = torch.as_tensor(thresholds, dtype=torch.float64).flatten().tolist()
+    low, high = THRESHOLD_RANGE
+    # Checked before one number is broadcast: for a network without early exits it becomes no threshold at all.
+    bad = next((value for value in values if not low <= value <= high), None)  # NaN is bad too
+    if bad is not None:
+        raise ReproError(f"threshold {bad} is outside [{low}, {high}], the range of every exit criterion")
     if len(values) == 1:
         values = values * num_early_exits
     if len(values) != num_early_exits:
         raise ReproError(f"got {len(values)} thresholds for {num_early_exits} early exits; give one, or one per early exit")
-    low, high = THRESHOLD_RANGE
-    bad = next((value for value in values if not low <= value <= high), None)  # NaN is bad too
-    if bad is not None:
-        raise ReproError(f"threshold {bad} is outside [{low}, {high}], the range of every exit criterion")
     return values
 
 

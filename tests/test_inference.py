@@ -239,11 +239,21 @@ def test_a_model_without_early_exits_runs_every_path():
         assert result.exits.tolist() == [0, 0, 0]
         assert torch.equal(result.predictions, run_plain(model, x).argmax(dim=-1))
         assert result.macs.tolist() == [model.costs.plain_macs] * 3
-        assert (result.predictions.dtype, result.exits.dtype, result.macs.dtype) == (torch.long, torch.long, torch.float64)
-    for path in (early_exit_single, early_exit_stream):
-        assert path(model, x[:0], "entropy", []).exits.tolist() == []
-    one = early_exit_single(model, x[1:2], "entropy", [])
-    assert one.predictions.tolist() == run_plain(model, x[1:2]).argmax(dim=-1).tolist() and one.exits.tolist() == [0]
+    assert early_exit_stream(model, x[:0], "entropy", []).exits.tolist() == []
+
+
+def test_the_batch1_path_without_early_exits_returns_the_references_fields():
+    """early_exit_single takes its own way for a network without early exits (no decisions): the same fields."""
+    model = create_model("vgg13", 4, exits=[], width=WIDTH).double().train()
+    x = images((3, 32), n=3)
+    for batch in (x[:0], x[1:2], x, x.contiguous(memory_format=torch.channels_last)):
+        got, reference = early_exit_single(model, batch, "entropy", 0.5), run_all_then_select(model, batch, "entropy", [])
+        for field in EarlyExitResult._fields:
+            assert torch.equal(getattr(got, field), getattr(reference, field)), field
+            assert getattr(got, field).dtype == getattr(reference, field).dtype, field
+    assert model.training
+    with pytest.raises(ReproError, match="outside"):
+        early_exit_single(model, x[:1], "entropy", 1.5)  # checked even though no exit reads it
 
 
 def test_a_training_model_is_run_in_eval_mode_and_left_training():

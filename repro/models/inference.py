@@ -181,15 +181,16 @@ def early_exit_single(model, x: torch.Tensor, criterion: str, thresholds) -> Ear
 def _without_early_exits(model, x: torch.Tensor) -> EarlyExitResult:
     """`early_exit_single` for a network without early exits: each sample through the plain network, nothing
     to decide. Why apart: after a forward pass at batch 1 each further tensor operation runs with cold caches
-    (~15-20 us each on this project's CPU, against 2-5 us in a warm loop), and the general path's Python ints
-    (a read of the prediction, then a tensor built from each list) took three more of them than the
-    prediction's argmax and two filled tensors here: 2% of a width-0.5 VGG-13's 4.6 ms call
-    (benchmarks/bench_call_overhead.py)."""
+    (15-20 us each on this project's CPU, against 2-5 us in a warm loop), and the general path reads each
+    prediction into Python and then builds three tensors from lists; here the argmax stays a tensor and the
+    exits and MACs are two filled tensors (benchmarks/bench_call_overhead.py)."""
     n = len(x)
     with _eval_mode(model):
-        predicted = [model.classifier(model.run_segment(0, x if n == 1 else x[i : i + 1])).argmax(dim=-1)
-                     for i in range(n)]  # the one sample of a batch of one is x itself: no slice
-    predictions = predicted[0] if n == 1 else torch.cat(predicted) if n else torch.empty(0, dtype=torch.long)
+        if n == 1:  # the batch-1 call: x itself, its argmax as it is (no slice, no join)
+            predictions = model.classifier(model.run_segment(0, x)).argmax(dim=-1)
+        else:
+            rows = [model.classifier(model.run_segment(0, x[i : i + 1])).argmax(dim=-1) for i in range(n)]
+            predictions = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
     macs = torch.full((n,), model.costs.cumulative_macs[0], dtype=torch.float64)
     return EarlyExitResult(predictions.cpu(), torch.zeros(n, dtype=torch.long), macs)
 
